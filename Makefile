@@ -1,0 +1,45 @@
+# berth — `make help` lists the targets.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --dirty --always 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: help build test test-short test-integration lint fuzz bench cross quickstart clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+build: ## build bin/berth and bin/berthd
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berth ./cmd/berth
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd ./cmd/berthd
+
+test: ## all tests, integration included (needs the Docker Engine)
+	$(GO) test ./...
+
+test-short: ## unit tests only
+	$(GO) test -short ./...
+
+test-integration: ## the integration tests against the real engine, verbose
+	$(GO) test -count=1 -v ./internal/berthtest
+
+lint: ## gofmt, go vet, staticcheck (if installed)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+	@command -v staticcheck >/dev/null && staticcheck ./... || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"
+
+fuzz: ## fuzz every decoder of untrusted input for a minute each
+	$(GO) test ./internal/compose -run '^$$' -fuzz FuzzLoad -fuzztime 60s -fuzzminimizetime 1s
+	$(GO) test ./internal/release -run '^$$' -fuzz FuzzDecode -fuzztime 60s
+
+bench: ## benchmarks (results go in BENCHMARKS.md)
+	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1
+
+cross: ## berthd for linux/amd64, arm64 and arm/v7 into bin/
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-amd64 ./cmd/berthd
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-arm64 ./cmd/berthd
+	GOOS=linux GOARCH=arm GOARM=7 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-armv7 ./cmd/berthd
+
+quickstart: ## run the quickstart
+	$(GO) run ./cmd/berth quickstart
+
+clean: ## remove bin/ and the quickstart state
+	rm -rf bin .berth

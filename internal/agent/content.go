@@ -1,0 +1,319 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/delta"
+	"github.com/berth-robotics/berth/internal/imagetar"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/transfer"
+)
+
+// maxBatch bounds one upload of pieces or an index.
+const maxBatch = 64 << 20
+
+// ContentInfo says what the device holds, for a sender to plan a transfer.
+func (a *Agent) ContentInfo(ctx context.Context) (*localapi.ContentInfo, error) {
+	info := &localapi.ContentInfo{OS: "linux", Arch: runtime.GOARCH, StateFree: freeBytes(a.cfg.StateDir), MinFree: a.cfg.MinFreeMB << 20, Layers: []string{}, Chains: []string{}, Images: []string{}}
+	if ei, err := a.eng.Info(ctx); err == nil {
+		info.Arch = ei.Arch
+		info.EngineFree = freeBytes(ei.RootDir)
+	}
+	layers, err := a.content.Layers()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range layers {
+		info.Layers = append(info.Layers, l.String())
+	}
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for c := range h.Chains {
+		info.Chains = append(info.Chains, c)
+	}
+	sort.Strings(info.Chains)
+	info.Images = h.Images
+	return info, nil
+}
+
+func (a *Agent) serveContentInfo(w http.ResponseWriter, r *http.Request) {
+	info, err := a.ContentInfo(r.Context())
+	reply(w, info, err)
+}
+
+// serveMissing answers which of the posted digests the store lacks.
+func (a *Agent) serveMissing(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
+	if err != nil || len(body)%32 != 0 {
+		writeError(w, fmt.Errorf("missing: want concatenated 32-byte digests: %w", release.ErrInvalid))
+		return
+	}
+	var out []byte
+	for i := 0; i < len(body); i += 32 {
+		var d content.Digest
+		copy(d[:], body[i:i+32])
+		if !a.content.Has(d) {
+			out = append(out, d[:]...)
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(out)
+}
+
+// servePieces stores one batch; every piece is checked against its digest.
+// Pieces stored before a bad one stay stored.
+func (a *Agent) servePieces(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
+	if err != nil {
+		writeError(w, fmt.Errorf("pieces: %v: %w", err, release.ErrInvalid))
+		return
+	}
+	var resp localapi.PutPiecesResponse
+	err = transfer.DecodeFrames(body, func(f transfer.Frame) error {
+		if f.Kind == transfer.KindDelta {
+			n, err := a.putDelta(f)
+			if err != nil {
+				return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
+			}
+			resp.Stored += n
+			resp.Bytes += int64(len(f.Data))
+			return nil
+		}
+		if err := a.content.PutCompressed(f.Digest, f.Data); err != nil {
+			if errors.Is(err, content.ErrCorrupt) {
+				return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
+			}
+			return err
+		}
+		resp.Stored++
+		resp.Bytes += int64(len(f.Data))
+		return nil
+	})
+	reply(w, resp, err)
+}
+
+// maxDeltaFile bounds the old and new file a delta frame may name.
+const maxDeltaFile = 256 << 20
+
+// putDelta rebuilds a changed file from its old version (pieces the store
+// holds) and a binary delta, and stores the new file's pieces, each checked
+// against its digest.
+func (a *Agent) putDelta(f transfer.Frame) (int, error) {
+	var base []byte
+	for _, p := range f.Base {
+		b, err := a.content.Get(p.Digest)
+		if err != nil {
+			return 0, fmt.Errorf("delta base: %w", err)
+		}
+		if base = append(base, b...); len(base) > maxDeltaFile {
+			return 0, fmt.Errorf("delta base larger than %d MiB", maxDeltaFile>>20)
+		}
+	}
+	var total int
+	for _, p := range f.Targets {
+		total += int(p.Size)
+	}
+	if total > maxDeltaFile {
+		return 0, fmt.Errorf("delta target larger than %d MiB", maxDeltaFile>>20)
+	}
+	out, err := delta.Patch(base, f.Data, total)
+	if err != nil {
+		return 0, err
+	}
+	if len(out) != total {
+		return 0, fmt.Errorf("delta produced %d bytes, the pieces add up to %d: %w", len(out), total, content.ErrCorrupt)
+	}
+	for _, p := range f.Targets {
+		if err := a.content.Put(p.Digest, out[:p.Size]); err != nil {
+			return 0, err
+		}
+		out = out[p.Size:]
+	}
+	return len(f.Targets), nil
+}
+
+// maxIndex bounds a layer index rebuilt from a delta.
+const maxIndex = 512 << 20
+
+// serveIndex stores a layer index once all its pieces are here. The body is
+// the index zstd-compressed, or with ?base=<diffID> a binary delta from the
+// index of a layer the store holds.
+func (a *Agent) serveIndex(w http.ResponseWriter, r *http.Request) {
+	want, err := content.ParseDigest(r.PathValue("diffid"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	z, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
+	if err != nil {
+		writeError(w, fmt.Errorf("index: %v: %w", err, release.ErrInvalid))
+		return
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxBatch))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer dec.Close()
+	var raw []byte
+	if b := r.URL.Query().Get("base"); b != "" {
+		bd, err := content.ParseDigest(b)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		base, err := a.content.Index(bd)
+		if err != nil {
+			writeError(w, fmt.Errorf("index %s: its delta base: %w", want, err))
+			return
+		}
+		if raw, err = delta.Patch(base.Encode(), z, maxIndex); err != nil {
+			writeError(w, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid))
+			return
+		}
+	} else if raw, err = dec.DecodeAll(z, nil); err != nil {
+		writeError(w, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid))
+		return
+	}
+	ix, err := content.DecodeIndex(raw)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if ix.DiffID != want {
+		writeError(w, fmt.Errorf("index names layer %s, not %s: %w", ix.DiffID, want, release.ErrInvalid))
+		return
+	}
+	if m := a.content.Missing(ix); len(m) > 0 {
+		writeError(w, fmt.Errorf("layer %s: %d of its pieces have not arrived; send them first: %w", want, len(m), release.ErrConflict))
+		return
+	}
+	reply(w, map[string]string{"layer": want.String()}, a.content.PutIndex(ix))
+}
+
+// Load rebuilds the layers the engine lacks from the content store and loads
+// the images, checking the engine ends up with exactly these image IDs.
+func (a *Agent) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.LoadResponse, error) {
+	start := a.now()
+	if len(req.Images) == 0 {
+		return nil, fmt.Errorf("load: no images: %w", release.ErrInvalid)
+	}
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	chains := h.Chains
+	var imgs []imagetar.Image
+	include := map[string]int64{}
+	indexes := map[string]*content.Index{}
+	var need int64
+	for _, li := range req.Images {
+		img, err := imagetar.FromConfig(li.Config)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range li.Tags {
+			if strings.ContainsAny(t, " \n\t") || len(t) > 255 {
+				return nil, fmt.Errorf("load: bad tag %q: %w", t, release.ErrInvalid)
+			}
+		}
+		img.Tags = li.Tags
+		imgs = append(imgs, img)
+		for i, ch := range imagetar.ChainIDs(img.DiffIDs) {
+			d := img.DiffIDs[i]
+			if chains[ch] || include[d] > 0 {
+				continue
+			}
+			dd, err := content.ParseDigest(d)
+			if err != nil {
+				return nil, err
+			}
+			ix, err := a.content.Index(dd)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: layer %s is neither in the engine nor in the content store; push the image again: %w", release.ShortID(img.ID), release.ShortID(d), err)
+			}
+			if m := a.content.Missing(ix); len(m) > 0 {
+				return nil, fmt.Errorf("image %s: layer %s lacks %d pieces; push the image again: %w", release.ShortID(img.ID), release.ShortID(d), len(m), release.ErrConflict)
+			}
+			include[d] = ix.Size
+			indexes[d] = ix
+			need += ix.Size
+		}
+	}
+	if ei, err := a.eng.Info(ctx); err == nil {
+		if free := freeBytes(ei.RootDir); free > 0 && free < uint64(need)+a.cfg.MinFreeMB<<20 {
+			return nil, fmt.Errorf("loading needs %d MiB on the engine's disk, %d MiB are free (keeping %d MiB); nothing was loaded, the running release keeps running: %w", need>>20, free>>20, a.cfg.MinFreeMB, release.ErrNoSpace)
+		}
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(imagetar.Write(pw, imgs, include, func(d string, w io.Writer) error {
+			return content.Rebuild(indexes[d], a.content.Get, w)
+		}))
+	}()
+	if _, err := a.eng.Load(ctx, pr); err != nil {
+		pr.CloseWithError(err)
+		return nil, fmt.Errorf("load into the engine: %w", err)
+	}
+	resp := &localapi.LoadResponse{LayersLoaded: len(include), BytesLoaded: need}
+	for _, img := range imgs {
+		if _, err := a.eng.ImageID(ctx, img.ID); err != nil {
+			return nil, fmt.Errorf("after the load the engine lacks image %s: %w", release.ShortID(img.ID), err)
+		}
+		resp.Images = append(resp.Images, img.ID)
+	}
+	resp.Seconds = a.now().Sub(start).Seconds()
+	a.emit(localapi.Event{Message: fmt.Sprintf("loaded %d images (%d layers, %d MiB) in %.1fs", len(imgs), len(include), need>>20, resp.Seconds)})
+	return resp, nil
+}
+
+func (a *Agent) serveLoad(w http.ResponseWriter, r *http.Request) {
+	var req localapi.LoadRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Hour)
+	defer cancel()
+	resp, err := a.Load(ctx, req)
+	reply(w, resp, err)
+}
+
+// collectContent drops from the content store the layers no image in the
+// engine uses any more, and the pieces only they used. It runs after each
+// commit: the layers of every kept release are in the engine (their images
+// are kept for rollback), so they stay.
+func (a *Agent) collectContent(ctx context.Context) {
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		a.log.Warn("content gc skipped", "error", err)
+		return
+	}
+	keep := map[content.Digest]bool{}
+	for d := range h.DiffIDs {
+		if dd, err := content.ParseDigest(d); err == nil {
+			keep[dd] = true
+		}
+	}
+	st, err := a.content.GC(keep, a.now().Add(-6*time.Hour))
+	if err != nil {
+		a.log.Warn("content gc", "error", err)
+		return
+	}
+	if st.LayersRemoved+st.PiecesRemoved > 0 {
+		a.log.Info("content gc", "layers_removed", st.LayersRemoved, "pieces_removed", st.PiecesRemoved, "freed_mib", st.BytesFreed>>20, "kept_mib", st.BytesKept>>20)
+	}
+}

@@ -1,0 +1,175 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/reconcile"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// appRecord is what the agent persists about one app, in apps/<app>/app.json.
+type appRecord struct {
+	Current string            `json:"current,omitempty"`
+	Kept    []string          `json:"kept,omitempty"`   // release IDs, newest first, current included
+	Failed  map[string]string `json:"failed,omitempty"` // release ID → why it was rolled back
+	Phase   release.Phase     `json:"phase"`
+	Error   string            `json:"error,omitempty"`
+	Target  string            `json:"target,omitempty"` // the release last asked for
+	Updated time.Time         `json:"updated"`
+}
+
+// store keeps apps, releases and journals under the state directory.
+// Every write is atomic: a temp file, fsync, rename, fsync of the directory.
+type store struct{ dir string }
+
+func (s store) appDir(app string) string  { return filepath.Join(s.dir, "apps", app) }
+func (s store) lockDir(app string) string { return filepath.Join(s.appDir(app), "lock") }
+
+func (s store) apps() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "apps"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && release.ValidName(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (s store) record(app string) (appRecord, error) {
+	var r appRecord
+	err := readJSON(filepath.Join(s.appDir(app), "app.json"), &r)
+	if errors.Is(err, os.ErrNotExist) {
+		return appRecord{Phase: release.PhaseIdle}, nil
+	}
+	return r, err
+}
+
+func (s store) saveRecord(app string, r appRecord) error {
+	r.Updated = time.Now().UTC()
+	return writeJSON(filepath.Join(s.appDir(app), "app.json"), r)
+}
+
+func releaseFile(id string) string {
+	return strings.TrimPrefix(id, "sha256:") + ".json"
+}
+
+var releaseIDRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+func (s store) release(app, id string) (*release.Release, error) {
+	if id == "" {
+		return nil, nil
+	}
+	if !releaseIDRE.MatchString(id) || !release.ValidName(app) {
+		return nil, fmt.Errorf("release %q of app %q: not a release ID kept on this device (berth releases lists them): %w", id, app, release.ErrNotFound)
+	}
+	var r release.Release
+	if err := readJSON(filepath.Join(s.appDir(app), "releases", releaseFile(id)), &r); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("release %s of app %s is not kept on this device: %w", release.ShortID(id), app, release.ErrNotFound)
+		}
+		return nil, err
+	}
+	if r.App != app || r.ID != id {
+		return nil, fmt.Errorf("release file %s names app %s release %s: %w", releaseFile(id), r.App, r.ID, release.ErrConflict)
+	}
+	return &r, nil
+}
+
+func (s store) saveRelease(r *release.Release) error {
+	return writeJSON(filepath.Join(s.appDir(r.App), "releases", releaseFile(r.ID)), r)
+}
+
+func (s store) dropRelease(app, id string) error {
+	err := os.Remove(filepath.Join(s.appDir(app), "releases", releaseFile(id)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func (s store) journal(app string) (*reconcile.Entry, error) {
+	var e reconcile.Entry
+	err := readJSON(filepath.Join(s.appDir(app), "journal.json"), &e)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+func (s store) clearJournal(app string) error {
+	err := os.Remove(filepath.Join(s.appDir(app), "journal.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s is corrupt: %v", path, err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b)
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

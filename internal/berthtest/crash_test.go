@@ -1,0 +1,93 @@
+package berthtest
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// TestKillDuringSwitch kills berthd with SIGKILL right after each journal
+// entry of a switch (and of the rollback after it), restarts it, and checks
+// the app converges to exactly one whole release with its volume data intact.
+func TestKillDuringSwitch(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	port := FreePort(t)
+	two := func(v string) string {
+		return strings.Replace(web(port, v), "volumes:\n  data: {}", `  worker:
+    image: ${IMG_B}
+    environment: {VERSION: "`+v+`"}
+volumes:
+  data: {}`, 1)
+	}
+	robot.MustDeploy(t, "app", two("1"))
+	robot.AwaitHealthy(t, "app")
+
+	// Count the journal entries of one full switch.
+	steps := 0
+	for n := 1; ; n++ {
+		version := fmt.Sprintf("%d", n+1)
+		robot.Kill(t)
+		robot.Start(t, fmt.Sprintf("BERTH_TEST_HANG_AT_JOURNAL=%d", n))
+		deployed := make(chan string, 1)
+		go func() {
+			out, _ := robot.Deploy(t, "app", two(version), "--json")
+			deployed <- out
+		}()
+		hang := filepath.Join(robot.StateDir, "test-hang")
+		reached, finished := false, false
+		for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline) && !reached && !finished; time.Sleep(50 * time.Millisecond) {
+			if _, err := os.Stat(hang); err == nil {
+				reached = true
+			}
+			select {
+			case <-deployed:
+				finished = true
+			default:
+			}
+		}
+		robot.Kill(t) // the CLI following the switch loses its agent and exits
+		if !finished {
+			<-deployed
+		}
+		os.Remove(hang)
+		robot.Start(t)
+		a := robot.AwaitHealthy(t, "app")
+		assertWhole(t, robot, a)
+		if got, _ := Get("http://127.0.0.1:" + port + "/data"); !strings.HasPrefix(got, "1\n") {
+			t.Fatalf("step %d: volume data lost: %q", n, got)
+		}
+		if !reached {
+			steps = n - 1
+			break
+		}
+		t.Logf("killed at journal entry %d: converged to release %s (%s) phase %s", n, release.ShortID(a.Release), a.Version, a.Phase)
+		if n > 40 {
+			t.Fatal("switch never finished")
+		}
+	}
+	if steps < 5 {
+		t.Fatalf("only %d journal steps exercised", steps)
+	}
+}
+
+// assertWhole checks that every service of the app runs the same release,
+// with exactly one container per service.
+func assertWhole(t *testing.T, d *Device, a release.AppState) {
+	t.Helper()
+	cs := d.Containers(t, "app")
+	if len(cs) != 2 {
+		t.Fatalf("want 2 containers (web, worker), have %d: %+v", len(cs), cs)
+	}
+	for _, c := range cs {
+		if c.Release != a.Release || !c.Running() {
+			t.Fatalf("container %s of %s: release %s state %s; app release %s", c.Name, c.Service, release.ShortID(c.Release), c.State, release.ShortID(a.Release))
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package berthtest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/transfer"
+)
+
+// flakyDevice passes calls to a real agent, but can drop the link after some
+// batches or damage a piece on the way.
+type flakyDevice struct {
+	*localapi.Client
+	dropAfter int // batches that go through before the link "drops" (-1: never)
+	corrupt   bool
+	batches   int
+}
+
+var errLinkDown = errors.New("link down")
+
+func (f *flakyDevice) PutPieces(ctx context.Context, frames []byte) (*localapi.PutPiecesResponse, error) {
+	if f.dropAfter >= 0 && f.batches >= f.dropAfter {
+		return nil, errLinkDown
+	}
+	f.batches++
+	if f.corrupt {
+		f.corrupt = false
+		frames = append([]byte(nil), frames...)
+		frames[len(frames)-1] ^= 0xff // the last byte of the last piece's data
+	}
+	return f.Client.PutPieces(ctx, frames)
+}
+
+// bigImage builds an image with an 8 MiB incompressible layer, saves it to
+// an archive and removes it from the engine (so the device must load it).
+func bigImage(t *testing.T, env *Env) string {
+	t.Helper()
+	dir := t.TempDir()
+	payload := make([]byte, 8<<20)
+	rand.Read(payload)
+	write(t, filepath.Join(dir, "payload"), string(payload))
+	write(t, filepath.Join(dir, "Dockerfile"), "FROM "+env.Images["a"]+"\nCOPY payload /payload\n")
+	tag := "berthtest/big:" + randomID()
+	if out, err := docker("build", "-q", "-t", tag, dir); err != nil {
+		t.Fatal(err, out)
+	}
+	archive := filepath.Join(dir, "image.tar")
+	if out, err := docker("save", "-o", archive, tag); err != nil {
+		t.Fatal(err, out)
+	}
+	id, _ := docker("image", "inspect", "-f", "{{.Id}}", tag)
+	docker("rmi", tag)
+	t.Cleanup(func() { docker("rmi", "-f", strings.TrimSpace(id)) })
+	return archive
+}
+
+func pushWith(t *testing.T, dev transfer.Device, cache *content.Store, archive string) (*transfer.Summary, error) {
+	t.Helper()
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := &transfer.Sender{Store: cache, Device: dev, BatchBytes: 1 << 20}
+	return s.Push(context.Background(), io.Reader(f))
+}
+
+// TestPushResumesAndRejectsDamage: a link dropped mid-transfer keeps what
+// arrived, and the rerun sends only the rest; a piece damaged on the way is
+// refused by the device and sent again by the next run.
+func TestPushResumesAndRejectsDamage(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	archive := bigImage(t, env)
+	cache, err := content.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	cl := robot.Client()
+	defer cl.Close()
+
+	_, err = pushWith(t, &flakyDevice{Client: cl, dropAfter: 3}, cache, archive)
+	if !errors.Is(err, errLinkDown) || !strings.Contains(err.Error(), "run the command again") {
+		t.Fatalf("dropped link: %v", err)
+	}
+	_, err = pushWith(t, &flakyDevice{Client: cl, dropAfter: -1, corrupt: true}, cache, archive)
+	if err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Fatalf("damaged piece: %v", err)
+	}
+	sum, err := pushWith(t, &flakyDevice{Client: cl, dropAfter: -1}, cache, archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 batches of ~1 MiB arrived in the first run, more in the second: the
+	// last run sends what is left, including the damaged piece again.
+	if sum.BytesChanged >= 8<<20-3<<20 || sum.PiecesSent == 0 {
+		t.Fatalf("rerun sent %d bytes of changes in %d pieces; want only what had not arrived", sum.BytesChanged, sum.PiecesSent)
+	}
+	if sum.LayersNeeded != 1 || sum.BytesLoaded < 8<<20 {
+		t.Fatalf("load: %+v", sum)
+	}
+	t.Logf("after a drop and a damaged batch, the rerun sent %d pieces (%d KiB changed)", sum.PiecesSent, sum.BytesChanged>>10)
+}
+
+// TestPushRefusedWhenTheDeviceIsFull: the device's free space (with its
+// margin) cannot take the image: nothing is sent and the numbers are given.
+func TestPushRefusedWhenTheDeviceIsFull(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	port := FreePort(t)
+	robot.MustDeploy(t, "app", web(port, "1"))
+	archive := bigImage(t, env)
+	// Demand more free space than the disk has: any push is too big.
+	var st struct{ free uint64 }
+	info, err := robot.Client().ContentInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.free = info.StateFree
+	robot.Kill(t)
+	write(t, filepath.Join(robot.StateDir, "config.json"), fmt.Sprintf(`{"settle": "1s", "min_free_mb": %d}`, (st.free>>20)+1024))
+	robot.Start(t)
+	out, err := robot.Berth(t, "push", archive)
+	if err == nil {
+		t.Fatalf("push to a full device went through:\n%s", out)
+	}
+	Contains(t, out, "nothing was sent", "MiB free")
+	layers, _ := os.ReadDir(filepath.Join(robot.StateDir, "content", "layers"))
+	if len(layers) != 0 {
+		t.Errorf("content arrived on a full device: %d layers", len(layers))
+	}
+	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
+		t.Fatalf("the running release answers %q", got)
+	}
+}

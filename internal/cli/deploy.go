@@ -1,0 +1,182 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/berth-robotics/berth/internal/compose"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+type deployFlags struct {
+	files       []string
+	app         string
+	to          string
+	version     string
+	force       bool
+	lockTimeout time.Duration
+	json        bool
+	profiles    []string
+	noPush      bool
+	acceptNew   bool
+}
+
+func newDeploy(string) *cobra.Command {
+	var f deployFlags
+	c := &cobra.Command{
+		Use:   "deploy -f compose.yaml [--app NAME] --to TARGET",
+		Short: "Switch an app on a device to the release a Compose file describes",
+		Long: `deploy reads a Compose file, sends the release to the device's agent and
+follows the switch: wait for update locks, switch each service by its update
+strategy, verify health, then commit, or roll back to the running release.
+It exits 0 once the release is committed and non-zero with the reason when it
+was refused or rolled back. The images must already be in the device's engine.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			f.acceptNew = acceptNewHostKey(c)
+			return runDeploy(c.Context(), f, c.OutOrStdout())
+		},
+	}
+	c.Flags().StringSliceVarP(&f.files, "file", "f", []string{"compose.yaml"}, "Compose file(s); later ones override earlier")
+	c.Flags().StringVar(&f.app, "app", "", "app name (default: the Compose project name)")
+	c.Flags().StringVar(&f.version, "version", "", "release version (default: git describe --tags --dirty --always)")
+	c.Flags().BoolVar(&f.force, "force", false, "switch without waiting for update locks or maintenance windows")
+	c.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 0, "how long to wait for a held update lock (default: the agent's, 10m)")
+	c.Flags().StringSliceVar(&f.profiles, "profile", nil, "Compose profiles to enable")
+	c.Flags().BoolVar(&f.json, "json", false, "print a JSON summary instead of progress")
+	c.Flags().BoolVar(&f.noPush, "no-push", false, "do not send images from the local engine; the device must have them")
+	addTarget(c, &f.to)
+	return c
+}
+
+// deployResult is deploy's --json output.
+type deployResult struct {
+	App      string        `json:"app"`
+	Release  string        `json:"release"`
+	Version  string        `json:"version"`
+	Result   release.Phase `json:"result"`
+	NoChange bool          `json:"no_change"`
+	Error    string        `json:"error,omitempty"`
+	Seconds  float64       `json:"seconds"`
+}
+
+func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
+	start := time.Now()
+	app, spec, err := compose.Load(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
+	if err != nil {
+		return err
+	}
+	if f.version == "" {
+		f.version = gitVersion(filepath.Dir(f.files[0]))
+	}
+	cl, err := dial(ctx, f.to, f.acceptNew)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if !f.noPush {
+		var images []string
+		seen := map[string]bool{}
+		for _, name := range sortedServices(spec) {
+			if img := spec.Services[name].Image; !seen[img] {
+				seen[img] = true
+				images = append(images, img)
+			}
+		}
+		if _, err := push(ctx, cl, images, out, f.json, true); err != nil {
+			return fmt.Errorf("deploy %s: sending images: %w", app, err)
+		}
+	}
+	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout)}
+	resp, err := cl.Deploy(ctx, app, req)
+	if err != nil {
+		return fmt.Errorf("deploy %s to %s: %w", app, f.to, err)
+	}
+	res := deployResult{App: app, Release: resp.Release, Version: resp.Version, Result: release.PhaseIdle, NoChange: resp.NoChange}
+	if !f.json {
+		fmt.Fprintf(out, "deploying %s %s (release %s) to %s\n", app, resp.Version, release.ShortID(resp.Release), f.to)
+	}
+	if !resp.NoChange {
+		last, err := follow(ctx, cl, app, resp, out, f.json, start)
+		if err != nil {
+			return err
+		}
+		res.Result, res.Error = last.Phase, last.Error
+	}
+	res.Seconds = time.Since(start).Seconds()
+	if f.json {
+		if err := printJSON(out, res); err != nil {
+			return err
+		}
+	} else if res.NoChange {
+		fmt.Fprintf(out, "%s is already running release %s; nothing to do (%.1fs)\n", app, release.ShortID(resp.Release), res.Seconds)
+	} else if res.Result == release.PhaseIdle {
+		fmt.Fprintf(out, "%s %s is running (release %s, %.1fs)\n", app, resp.Version, release.ShortID(resp.Release), res.Seconds)
+	}
+	if res.Result != release.PhaseIdle {
+		if !f.json {
+			fmt.Fprintf(out, "\n%s: release %s was not committed (%s):\n  %s\n", app, release.ShortID(resp.Release), res.Result, strings.ReplaceAll(res.Error, "\n", "\n  "))
+			if res.Result == release.PhaseRolledBack {
+				fmt.Fprintf(out, "The device runs what it ran before; see `berth status` and `berth logs --app %s`.\n", app)
+			} else {
+				fmt.Fprintf(out, "See `berth status` for what runs now, and `berth logs --app %s`.\n", app)
+			}
+		}
+		return errSilent
+	}
+	return nil
+}
+
+// follow prints an operation's events until its last one, and returns that.
+func follow(ctx context.Context, cl *localapi.Client, app string, resp *localapi.OpResponse, out io.Writer, quiet bool, start time.Time) (localapi.Event, error) {
+	var last localapi.Event
+	err := cl.Events(ctx, app, resp.Seq, true, func(e localapi.Event) bool {
+		if e.Op != resp.Op {
+			return true
+		}
+		if !quiet {
+			line := fmt.Sprintf("%6.1fs  %-16s %s", time.Since(start).Seconds(), e.Phase, e.Message)
+			if e.Error != "" && !e.Done {
+				line += "\n           " + strings.ReplaceAll(e.Error, "\n", "\n           ")
+			}
+			fmt.Fprintln(out, line)
+		}
+		last = e
+		return !e.Done
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return last, fmt.Errorf("lost the agent while following the switch (it goes on there; see berth status): %w", err)
+	}
+	if !last.Done {
+		return last, fmt.Errorf("stopped following; the switch goes on on the device (berth status): %w", ctx.Err())
+	}
+	return last, nil
+}
+
+func sortedServices(spec *release.Spec) []string {
+	out := make([]string, 0, len(spec.Services))
+	for n := range spec.Services {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// gitVersion is `git describe --tags --dirty --always` in dir, or "unversioned".
+func gitVersion(dir string) string {
+	out, err := exec.Command("git", "-C", dir, "describe", "--tags", "--dirty", "--always").Output()
+	if err != nil {
+		return "unversioned"
+	}
+	return strings.TrimSpace(string(out))
+}

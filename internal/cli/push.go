@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/transfer"
+)
+
+func newPush() *cobra.Command {
+	var to string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "push IMAGE... --to TARGET",
+		Short: "Make images present on a device, sending only the pieces it lacks",
+		Long: `push sends images to a device's engine: images from the local Docker Engine
+(name:tag or ID) or docker save archives (.tar, .tar.gz). Each layer is split
+into file contents and tar headers; the device is asked which pieces it lacks,
+and only those travel, compressed, in acknowledged batches. A dropped link
+keeps what arrived: run the command again to send the rest.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			sums, err := push(c.Context(), cl, args, c.ErrOrStderr(), asJSON, false)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(c.OutOrStdout(), sums)
+			}
+			return nil
+		},
+	}
+	addTarget(c, &to)
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary per source (bytes changed, bytes sent, times)")
+	return c
+}
+
+// pushResult is one source's summary.
+type pushResult struct {
+	Source  string            `json:"source"`
+	Skipped string            `json:"skipped,omitempty"`
+	Summary *transfer.Summary `json:"summary,omitempty"`
+}
+
+// push sends each source (engine images together, archives one by one).
+// With lenient (deploy), images the local engine lacks are left to the
+// device's own check, and images the device has are skipped silently.
+func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Writer, quiet, lenient bool) ([]pushResult, error) {
+	cache, err := cacheStore()
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Close()
+	say := func(format string, args ...any) {
+		if !quiet {
+			fmt.Fprintf(log, format+"\n", args...)
+		}
+	}
+	last := time.Time{}
+	s := &transfer.Sender{Store: cache, Device: cl, Progress: func(p transfer.Progress) {
+		if quiet {
+			return
+		}
+		if p.Stage != "send" {
+			say("  %s: %s", p.Stage, p.Message)
+			return
+		}
+		if time.Since(last) < 500*time.Millisecond && p.Done < p.Total {
+			return
+		}
+		last = time.Now()
+		say("  send: %s of ≤%s compressed (changed %s), %s/s, ETA %s", mib(p.Done), mib(p.Total), mib(p.Changed), mib(int64(p.Rate)), p.ETA.Round(time.Second))
+	}}
+	info, err := cl.ContentInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("ask the device what it holds: %w", err)
+	}
+	have := map[string]bool{}
+	for _, id := range info.Images {
+		have[id] = true
+	}
+	var results []pushResult
+	var refs []string
+	var eng *engine.Client
+	for _, src := range sources {
+		if st, err := os.Stat(src); err == nil && !st.IsDir() {
+			say("pushing %s", src)
+			sum, err := pushArchive(ctx, s, src)
+			if err != nil {
+				return results, fmt.Errorf("push %s: %w", src, err)
+			}
+			report(say, sum)
+			results = append(results, pushResult{Source: src, Summary: sum})
+			continue
+		}
+		if eng == nil {
+			if eng, err = engine.New(ctx, "", "berth-cli"); err != nil && lenient {
+				return results, nil
+			} else if err != nil {
+				return results, fmt.Errorf("%s is not a file, and the local Docker Engine (to read images from) does not answer: %w", src, err)
+			}
+			defer eng.Close()
+		}
+		img, err := eng.Image(ctx, src)
+		if err != nil && lenient {
+			continue
+		}
+		if err != nil {
+			return results, fmt.Errorf("image %s: not a file and not in the local engine (docker images lists them): %w", src, err)
+		}
+		if have[img.ID] {
+			if !lenient {
+				say("%s (%s) is on the device already", src, release.ShortID(img.ID))
+			}
+			results = append(results, pushResult{Source: src, Skipped: "on the device already"})
+			continue
+		}
+		refs = append(refs, src)
+	}
+	if len(refs) > 0 {
+		say("pushing %s from the local engine", strings.Join(refs, ", "))
+		rc, err := eng.Save(ctx, refs)
+		if err != nil {
+			return results, err
+		}
+		sum, err := s.Push(ctx, bufio.NewReaderSize(rc, 1<<20))
+		rc.Close()
+		if err != nil {
+			return results, fmt.Errorf("push %s: %w", strings.Join(refs, ", "), err)
+		}
+		report(say, sum)
+		results = append(results, pushResult{Source: strings.Join(refs, " "), Summary: sum})
+	}
+	return results, nil
+}
+
+func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfer.Summary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	var r io.Reader = br
+	if head, _ := br.Peek(2); len(head) == 2 && head[0] == 0x1f && head[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		r = zr
+	}
+	return s.Push(ctx, r)
+}
+
+func report(say func(string, ...any), s *transfer.Summary) {
+	say("  done: %d images, %d of %d layers needed; %s changed, %s sent; %s loaded; read %.1fs, send %.1fs, load %.1fs",
+		len(s.Images), s.LayersNeeded, s.Layers, mib(s.BytesChanged), mib(s.BytesSent), mib(s.BytesLoaded), s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
+}
+
+func mib(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// cacheStore opens the sender's local content cache ($BERTH_CACHE, else the
+// user cache directory).
+func cacheStore() (*content.Store, error) {
+	dir := os.Getenv("BERTH_CACHE")
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("no cache directory: set BERTH_CACHE: %w", err)
+		}
+		dir = filepath.Join(base, "berth", "content")
+	}
+	return content.Open(dir)
+}

@@ -1,0 +1,198 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/berth-robotics/berth/internal/agent"
+	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/goimage"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+func newQuickstart(version string) *cobra.Command {
+	var exit bool
+	var dir, port string
+	c := &cobra.Command{
+		Use:   "quickstart [--exit]",
+		Short: "Run berth on this machine: an agent, the example app built locally and deployed",
+		Long: `quickstart starts an agent (state under ./.berth/quickstart) against the local
+Docker Engine, builds the example app in examples/hello with the local Go
+toolchain (no registry needed), deploys it, and prints what runs and where.
+It runs until Ctrl-C, then removes the example app (its volume stays).
+With --exit it checks the app answers, removes it and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runQuickstart(c.Context(), version, dir, port, exit, c.OutOrStdout(), c.ErrOrStderr())
+		},
+	}
+	c.Flags().BoolVar(&exit, "exit", false, "verify the example answers, clean up and exit (for CI)")
+	c.Flags().StringVar(&dir, "dir", filepath.Join(".berth", "quickstart"), "the agent's state directory")
+	c.Flags().StringVar(&port, "port", "18080", "host port (on 127.0.0.1) for the example app")
+	return c
+}
+
+func runQuickstart(ctx context.Context, version, dir, port string, exit bool, out, errOut io.Writer) error {
+	start := time.Now()
+	if _, err := os.Stat(filepath.Join("examples", "hello", "compose.yaml")); err != nil {
+		return fmt.Errorf("run quickstart from the root of the berth repository (examples/hello not found): %w", err)
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	socket := filepath.Join(dir, "berthd.sock")
+	if len(socket) > 100 { // unix socket paths are short
+		socket = filepath.Join(os.TempDir(), fmt.Sprintf("berth-quickstart-%d.sock", os.Getuid()))
+	}
+	step := func(format string, args ...any) {
+		fmt.Fprintf(out, "%5.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+
+	eng, err := engine.New(ctx, "", "quickstart")
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	info, err := eng.Info(ctx)
+	if err != nil {
+		return err
+	}
+	step("Docker Engine %s (API %s) answers", info.Version, info.APIVersion)
+
+	step("building the example image berth-example/hello:latest from examples/hello (local Go toolchain, FROM scratch)")
+	bin, err := goimage.Binary(ctx, filepath.Join("examples", "hello"))
+	if err != nil {
+		return err
+	}
+	bctx, err := goimage.Context(bin, `LABEL org.opencontainers.image.title="berth example"`)
+	if err != nil {
+		return err
+	}
+	if _, err := eng.BuildImage(ctx, bctx, "berth-example/hello:latest"); err != nil {
+		return err
+	}
+
+	logf, err := os.OpenFile(filepath.Join(dir, "berthd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cfg := agent.Config{StateDir: dir, Socket: socket, Name: "quickstart", Version: version,
+		Settle: release.Duration(2 * time.Second), VerifyTimeout: release.Duration(time.Minute)}
+	ag, err := agent.New(cfg, eng, slog.New(slog.NewTextHandler(logf, nil)))
+	if err != nil {
+		return err
+	}
+	actx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(actx) }()
+	defer func() {
+		stopAgent()
+		<-agentDone
+	}()
+	if err := waitSocket(ctx, socket, agentDone); err != nil {
+		return err
+	}
+	step("agent %q serves unix://%s (log: %s)", cfg.Name, socket, logf.Name())
+
+	os.Setenv("HELLO_PORT", port)
+	to := "unix://" + socket
+	f := deployFlags{files: []string{filepath.Join("examples", "hello", "compose.yaml")}, to: to, version: "quickstart"}
+	if err := runDeploy(ctx, f, out); err != nil {
+		return err
+	}
+	url := "http://127.0.0.1:" + port + "/"
+	body, err := get(ctx, url)
+	if err != nil {
+		return fmt.Errorf("the example app was deployed but %s does not answer: %w", url, err)
+	}
+	step("%s answers: %s", url, strings.TrimSpace(body))
+	cleanup := func() error {
+		cl, err := dial(context.Background(), to, false)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err = cl.Remove(cctx, "hello", false)
+		return err
+	}
+	if exit {
+		if err := cleanup(); err != nil {
+			return fmt.Errorf("clean up the example: %w", err)
+		}
+		step("quickstart verified; example removed (its volume is kept)")
+		return nil
+	}
+	fmt.Fprintf(out, `
+The example app runs at %s
+Try, in another terminal:
+  go run ./cmd/berth status --to %s
+  go run ./cmd/berth logs   --to %s --app hello -f
+  GREETING=Hi go run ./cmd/berth deploy -f examples/hello/compose.yaml --to %s
+  go run ./cmd/berth rollback --to %s --app hello
+Ctrl-C stops the agent and removes the example app (its volume stays).
+`, url, to, to, to, to)
+	select {
+	case <-ctx.Done():
+	case err := <-agentDone:
+		agentDone <- err
+		return fmt.Errorf("agent stopped: %w", err)
+	}
+	fmt.Fprintln(out, "\nstopping: removing the example app")
+	return cleanup()
+}
+
+func waitSocket(ctx context.Context, socket string, agentDone chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if cl, err := dial(ctx, "unix://"+socket, false); err == nil {
+			_, err := cl.State(ctx)
+			cl.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		select {
+		case err := <-agentDone:
+			agentDone <- err
+			return fmt.Errorf("agent did not start: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return errors.New("agent socket did not answer within 30s")
+}
+
+func get(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return string(b), nil
+}

@@ -1,0 +1,260 @@
+package content
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// Store keeps pieces and layer indexes on disk under one directory:
+//
+//	pieces/<2 hex>/<64 hex>   a piece, zstd-compressed
+//	layers/<64 hex>           a layer index (Encode), zstd-compressed
+//
+// Writes are crash-safe (temp file, fsync, rename); reads verify the digest,
+// and a piece that fails is removed so that it is fetched again.
+type Store struct {
+	dir string
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+	mu  sync.Mutex // guards enc (EncodeAll is safe, but kept simple for Close)
+}
+
+// Open opens (creating if needed) a store in dir.
+func Open(dir string) (*Store, error) {
+	for _, d := range []string{"pieces", "layers", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("content store: %w", err)
+		}
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
+	if err != nil {
+		return nil, err
+	}
+	return &Store{dir: dir, enc: enc, dec: dec}, nil
+}
+
+// Close releases the codecs.
+func (s *Store) Close() error {
+	s.dec.Close()
+	return s.enc.Close()
+}
+
+func (s *Store) piecePath(d Digest) string {
+	h := d.Hex()
+	return filepath.Join(s.dir, "pieces", h[:2], h)
+}
+
+func (s *Store) layerPath(diffID Digest) string {
+	return filepath.Join(s.dir, "layers", diffID.Hex())
+}
+
+// Has reports whether the store holds a piece.
+func (s *Store) Has(d Digest) bool {
+	_, err := os.Stat(s.piecePath(d))
+	return err == nil
+}
+
+// Put stores a piece after checking that data is what d names.
+func (s *Store) Put(d Digest, data []byte) error {
+	if Sum(data) != d {
+		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
+	}
+	if s.Has(d) {
+		return nil
+	}
+	return s.write(s.piecePath(d), s.enc.EncodeAll(data, nil))
+}
+
+// PutCompressed stores a piece that arrives zstd-compressed, checking it.
+func (s *Store) PutCompressed(d Digest, z []byte) error {
+	data, err := s.dec.DecodeAll(z, nil)
+	if err != nil {
+		return fmt.Errorf("piece %s: bad compression: %v: %w", d, err, ErrCorrupt)
+	}
+	if Sum(data) != d {
+		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
+	}
+	if s.Has(d) {
+		return nil
+	}
+	return s.write(s.piecePath(d), z)
+}
+
+// Get returns a piece's bytes, verified. A missing piece is release.ErrNotFound;
+// a corrupt one is removed and reported as ErrCorrupt.
+func (s *Store) Get(d Digest) ([]byte, error) {
+	z, err := s.GetCompressed(d)
+	if err != nil {
+		return nil, err
+	}
+	data, err := s.dec.DecodeAll(z, nil)
+	if err != nil || Sum(data) != d {
+		_ = os.Remove(s.piecePath(d))
+		return nil, fmt.Errorf("piece %s is damaged on disk (removed; it will be fetched again): %w", d, ErrCorrupt)
+	}
+	return data, nil
+}
+
+// GetCompressed returns a piece as stored (zstd), unverified: the receiver
+// verifies.
+func (s *Store) GetCompressed(d Digest) ([]byte, error) {
+	z, err := os.ReadFile(s.piecePath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("piece %s: %w", d, release.ErrNotFound)
+	}
+	return z, err
+}
+
+// PutIndex stores a layer index.
+func (s *Store) PutIndex(ix *Index) error {
+	return s.write(s.layerPath(ix.DiffID), s.enc.EncodeAll(ix.Encode(), nil))
+}
+
+// Index returns a stored layer index.
+func (s *Store) Index(diffID Digest) (*Index, error) {
+	z, err := os.ReadFile(s.layerPath(diffID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("layer %s: %w", diffID, release.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.dec.DecodeAll(z, nil)
+	if err != nil {
+		return nil, fmt.Errorf("layer index %s: %v: %w", diffID, err, ErrCorrupt)
+	}
+	ix, err := DecodeIndex(b)
+	if err != nil {
+		return nil, err
+	}
+	if ix.DiffID != diffID {
+		return nil, fmt.Errorf("layer index %s names layer %s: %w", diffID, ix.DiffID, ErrCorrupt)
+	}
+	return ix, nil
+}
+
+// Layers lists the diffIDs of the stored layer indexes.
+func (s *Store) Layers() ([]Digest, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "layers"))
+	if err != nil {
+		return nil, err
+	}
+	var out []Digest
+	for _, e := range ents {
+		if d, err := ParseDigest(e.Name()); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// Missing returns the layer's pieces the store lacks, without repeats.
+func (s *Store) Missing(ix *Index) []Piece {
+	seen := map[Digest]bool{}
+	var out []Piece
+	for _, p := range ix.Pieces() {
+		if seen[p.Digest] {
+			continue
+		}
+		seen[p.Digest] = true
+		if !s.Has(p.Digest) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// GCStats says what a collection removed and kept.
+type GCStats struct {
+	LayersRemoved, PiecesRemoved int
+	BytesFreed, BytesKept        int64
+}
+
+// GC removes the layer indexes not in keep and every piece no kept layer
+// uses, except pieces written after notBefore: those may belong to a transfer
+// still under way, whose index has not arrived yet.
+func (s *Store) GC(keep map[Digest]bool, notBefore time.Time) (GCStats, error) {
+	var st GCStats
+	layers, err := s.Layers()
+	if err != nil {
+		return st, err
+	}
+	used := map[Digest]bool{}
+	for _, l := range layers {
+		if !keep[l] {
+			if err := os.Remove(s.layerPath(l)); err != nil {
+				return st, err
+			}
+			st.LayersRemoved++
+			continue
+		}
+		ix, err := s.Index(l)
+		if err != nil {
+			return st, fmt.Errorf("gc: %w (nothing removed)", err)
+		}
+		for _, p := range ix.Pieces() {
+			used[p.Digest] = true
+		}
+	}
+	err = filepath.WalkDir(filepath.Join(s.dir, "pieces"), func(path string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		d, perr := ParseDigest(de.Name())
+		info, ierr := de.Info()
+		if perr != nil || ierr != nil {
+			return nil
+		}
+		if used[d] || info.ModTime().After(notBefore) {
+			st.BytesKept += info.Size()
+			return nil
+		}
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+		st.PiecesRemoved++
+		st.BytesFreed += info.Size()
+		return nil
+	})
+	return st, err
+}
+
+func (s *Store) write(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "put-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		if strings.Contains(err.Error(), "no space") {
+			return fmt.Errorf("content store %s: %v: %w", s.dir, err, release.ErrNoSpace)
+		}
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

@@ -1,0 +1,76 @@
+package content
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+func TestStore(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	big := make([]byte, 2<<20)
+	rand.New(rand.NewSource(4)).Read(big)
+	data := layer(t, big, time.Unix(5, 0))
+	ix, err := Split(bytes.NewReader(data), s.Put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	if m := s.Missing(ix); len(m) != 0 {
+		t.Fatalf("%d pieces missing right after Split", len(m))
+	}
+	got, err := s.Index(ix.DiffID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Rebuild(got, s.Get, &out); err != nil || !bytes.Equal(out.Bytes(), data) {
+		t.Fatalf("rebuild from store: %v", err)
+	}
+	if err := s.Put(Sum([]byte("x")), []byte("y")); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Put of a misnamed piece: %v", err)
+	}
+
+	// Damage a piece on disk: Get reports it, removes it, and Missing lists it.
+	p := ix.Pieces()[0]
+	if err := os.WriteFile(s.piecePath(p.Digest), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(p.Digest); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Get of a damaged piece: %v", err)
+	}
+	if m := s.Missing(ix); len(m) != 1 || m[0] != p {
+		t.Fatalf("missing after damage: %v", m)
+	}
+	if _, err := s.Get(p.Digest); !errors.Is(err, release.ErrNotFound) {
+		t.Fatalf("Get after removal: %v", err)
+	}
+
+	// GC keeps what kept layers use and frees the rest.
+	if err := s.Put(Sum([]byte("orphan")), []byte("orphan")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.GC(map[Digest]bool{ix.DiffID: true}, time.Now().Add(-time.Hour))
+	if err != nil || st.PiecesRemoved != 0 {
+		t.Fatalf("GC removed a fresh piece (a transfer may be under way): %+v %v", st, err)
+	}
+	st, err = s.GC(map[Digest]bool{ix.DiffID: true}, time.Now().Add(time.Minute))
+	if err != nil || st.PiecesRemoved != 1 {
+		t.Fatalf("GC: %+v %v", st, err)
+	}
+	st, err = s.GC(nil, time.Now().Add(time.Minute))
+	if err != nil || st.LayersRemoved != 1 || st.BytesKept != 0 {
+		t.Fatalf("GC of everything: %+v %v", st, err)
+	}
+}

@@ -1,0 +1,423 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/delta"
+	"github.com/berth-robotics/berth/internal/imagetar"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// Device is the part of localapi.Client that a transfer uses.
+type Device interface {
+	ContentInfo(ctx context.Context) (*localapi.ContentInfo, error)
+	Missing(ctx context.Context, digests []byte) ([]byte, error)
+	PutPieces(ctx context.Context, frames []byte) (*localapi.PutPiecesResponse, error)
+	PutIndex(ctx context.Context, diffID string, body []byte, base string) error
+	Load(ctx context.Context, req localapi.LoadRequest) (*localapi.LoadResponse, error)
+}
+
+// Summary says what a push moved. BytesSent counts what the sender wrote
+// into the exchange (pieces, indexes, requests); SSH or TLS framing comes on top.
+type Summary struct {
+	Images       []string `json:"images"`
+	Layers       int      `json:"layers"`
+	LayersNeeded int      `json:"layers_needed"` // layers the device's engine lacked
+	PiecesSent   int      `json:"pieces_sent"`
+	DeltaFiles   int      `json:"delta_files"`   // changed files sent as binary deltas
+	IndexBytes   int64    `json:"index_bytes"`   // layer indexes (tar headers and piece lists), as sent
+	BytesChanged int64    `json:"bytes_changed"` // uncompressed bytes of the pieces the device lacked
+	BytesSent    int64    `json:"bytes_sent"`
+	BytesLoaded  int64    `json:"bytes_loaded"`
+	ReadSeconds  float64  `json:"read_seconds"`
+	SendSeconds  float64  `json:"send_seconds"`
+	LoadSeconds  float64  `json:"load_seconds"`
+}
+
+// Progress is reported while pieces go out.
+type Progress struct {
+	Stage   string // read, plan, send, load
+	Done    int64  // bytes sent so far
+	Total   int64  // bytes to send (compressed)
+	Changed int64
+	Rate    float64 // bytes/s
+	ETA     time.Duration
+	Message string
+}
+
+// Sender pushes images to a device, keeping the pieces and indexes of what it
+// read in a local store, so that it can send any piece a device lacks.
+type Sender struct {
+	Store    *content.Store
+	Device   Device
+	Progress func(Progress)
+	// BatchBytes is the size of one acknowledged batch (default 4 MiB).
+	BatchBytes int
+	Now        func() time.Time
+}
+
+func (s *Sender) progress(p Progress) {
+	if s.Progress != nil {
+		s.Progress(p)
+	}
+}
+
+// Push reads an image archive (`docker save` output) and makes its images
+// present on the device.
+func (s *Sender) Push(ctx context.Context, archive io.Reader) (*Summary, error) {
+	now := s.Now
+	if now == nil {
+		now = time.Now
+	}
+	sum := &Summary{}
+	t0 := now()
+	s.progress(Progress{Stage: "read", Message: "reading and indexing the image layers"})
+	indexes := map[string]*content.Index{}
+	imgs, err := imagetar.Read(archive, func(_ string, r io.Reader) (string, error) {
+		ix, err := content.Split(r, s.Store.Put)
+		if err != nil {
+			return "", err
+		}
+		if err := s.Store.PutIndex(ix); err != nil {
+			return "", err
+		}
+		indexes[ix.DiffID.String()] = ix
+		return ix.DiffID.String(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sum.ReadSeconds = now().Sub(t0).Seconds()
+	return s.send(ctx, imgs, indexes, sum, now)
+}
+
+func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[string]*content.Index, sum *Summary, now func() time.Time) (*Summary, error) {
+	t1 := now()
+	info, err := s.Device.ContentInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	chains := map[string]bool{}
+	for _, c := range info.Chains {
+		chains[c] = true
+	}
+	inStore := map[string]bool{}
+	for _, l := range info.Layers {
+		inStore[l] = true
+	}
+	// Layers the device's engine lacks, and of those, the ones its store lacks.
+	var send []*content.Index
+	var loadBytes int64
+	seen := map[string]bool{}
+	for _, img := range imgs {
+		if img.Arch != "" && info.Arch != "" && img.Arch != info.Arch {
+			return nil, fmt.Errorf("image %s is for %s, the device runs %s; build or pull the %s variant: %w", tagOrID(img), img.Arch, info.Arch, info.Arch, release.ErrInvalid)
+		}
+		sum.Images = append(sum.Images, img.ID)
+		for i, ch := range imagetar.ChainIDs(img.DiffIDs) {
+			d := img.DiffIDs[i]
+			sum.Layers++
+			if chains[ch] || seen[d] {
+				continue
+			}
+			seen[d] = true
+			sum.LayersNeeded++
+			ix := indexes[d]
+			loadBytes += ix.Size
+			if !inStore[d] {
+				send = append(send, ix)
+			}
+		}
+	}
+	// Which pieces does the device lack? Ask only about pieces of the layers
+	// it has to get; a piece it holds for any layer is not sent again.
+	var ask []byte
+	asked := map[content.Digest]bool{}
+	for _, ix := range send {
+		for _, p := range ix.Pieces() {
+			if !asked[p.Digest] {
+				asked[p.Digest] = true
+				ask = append(ask, p.Digest[:]...)
+			}
+		}
+	}
+	var missing []content.Digest
+	if len(ask) > 0 {
+		s.progress(Progress{Stage: "plan", Message: fmt.Sprintf("asking the device about %d pieces of %d layers", len(asked), len(send))})
+		m, err := s.Device.Missing(ctx, ask)
+		if err != nil {
+			return nil, err
+		}
+		sum.BytesSent += int64(len(ask))
+		for i := 0; i+32 <= len(m); i += 32 {
+			var d content.Digest
+			copy(d[:], m[i:i+32])
+			missing = append(missing, d)
+		}
+	}
+	// Preflight: room for what arrives and what is loaded, or stop now.
+	var total int64
+	sizes := map[content.Digest]int64{}
+	for _, ix := range send {
+		for _, p := range ix.Pieces() {
+			sizes[p.Digest] = int64(p.Size)
+		}
+	}
+	for _, d := range missing {
+		sum.BytesChanged += sizes[d]
+	}
+	total = sum.BytesChanged // upper bound for the compressed size
+	if info.StateFree > 0 && uint64(total)+info.MinFree > info.StateFree {
+		return nil, fmt.Errorf("the device has %d MiB free for its content store and needs up to %d MiB (plus %d MiB kept free); nothing was sent, the running release is untouched; free space on the device: %w", info.StateFree>>20, total>>20, info.MinFree>>20, release.ErrNoSpace)
+	}
+	if info.EngineFree > 0 && uint64(loadBytes)+info.MinFree > info.EngineFree {
+		return nil, fmt.Errorf("the device's engine has %d MiB free and loading needs %d MiB (plus %d MiB kept free); nothing was sent, the running release is untouched; free space on the device (docker image prune): %w", info.EngineFree>>20, loadBytes>>20, info.MinFree>>20, release.ErrNoSpace)
+	}
+
+	// Send the missing pieces in acknowledged batches.
+	batchMax := s.BatchBytes
+	if batchMax <= 0 {
+		batchMax = 4 << 20
+	}
+	sent, start := int64(0), now()
+	batch, inBatch := NewBatch(), 0
+	flush := func() error {
+		if inBatch == 0 {
+			return nil
+		}
+		if _, err := s.Device.PutPieces(ctx, batch); err != nil {
+			return fmt.Errorf("sending pieces (what arrived is kept; run the command again to send the rest): %w", err)
+		}
+		sent += int64(len(batch))
+		sum.BytesSent += int64(len(batch))
+		el := now().Sub(start).Seconds()
+		p := Progress{Stage: "send", Done: sent, Total: total, Changed: sum.BytesChanged}
+		if el > 0 {
+			p.Rate = float64(sent) / el
+			if p.Rate > 0 && total > sent {
+				p.ETA = time.Duration(float64(total-sent) / p.Rate * float64(time.Second))
+			}
+		}
+		s.progress(p)
+		batch, inBatch = NewBatch(), 0
+		return nil
+	}
+	held := s.heldIndexes(info)
+	frames, err := s.frames(send, missing, held, sum)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range frames {
+		batch = AppendFrame(batch, f)
+		inBatch++
+		if len(batch) >= batchMax {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	if err := s.sendIndexes(ctx, send, held, sum); err != nil {
+		return nil, err
+	}
+	sum.SendSeconds = now().Sub(t1).Seconds()
+
+	// Load what the engine lacks.
+	t2 := now()
+	req := localapi.LoadRequest{}
+	for _, img := range imgs {
+		req.Images = append(req.Images, localapi.LoadImage{Config: img.Config, Tags: img.Tags})
+		sum.BytesSent += int64(len(img.Config))
+	}
+	s.progress(Progress{Stage: "load", Message: fmt.Sprintf("the device loads %d layers (%d MiB) into its engine", sum.LayersNeeded, loadBytes>>20)})
+	lr, err := s.Device.Load(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	sum.BytesLoaded = lr.BytesLoaded
+	sum.LoadSeconds = now().Sub(t2).Seconds()
+	return sum, nil
+}
+
+func tagOrID(img imagetar.Image) string {
+	if len(img.Tags) > 0 {
+		return img.Tags[0]
+	}
+	return release.ShortID(img.ID)
+}
+
+// heldIndexes returns the indexes of the layers the device holds in its
+// content store that this sender has seen too: the bases for deltas.
+func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
+	var out []*content.Index
+	for _, l := range info.Layers {
+		d, err := content.ParseDigest(l)
+		if err != nil {
+			continue
+		}
+		if ix, err := s.Store.Index(d); err == nil {
+			out = append(out, ix)
+		}
+	}
+	return out
+}
+
+// maxDeltaFile: larger files go as pieces (the suffix array costs 8 bytes a
+// byte of the old file).
+const maxDeltaFile = 64 << 20
+
+// frames turns the missing pieces into frames: a changed file whose path
+// the device holds in another layer goes as a binary delta from that version
+// when the delta is smaller than its compressed pieces; the rest as pieces.
+func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []*content.Index, sum *Summary) ([]Frame, error) {
+	need := map[content.Digest]bool{}
+	for _, d := range missing {
+		need[d] = true
+	}
+	byPath := map[string]content.Entry{}
+	for _, ix := range held {
+		for _, e := range ix.Entries {
+			if e.IsFile() && e.Size > 0 {
+				byPath[e.Name] = e
+			}
+		}
+	}
+	var out []Frame
+	for _, ix := range send {
+		for _, e := range ix.Entries {
+			var want []content.Digest
+			for _, p := range e.Pieces {
+				if need[p.Digest] {
+					want = append(want, p.Digest)
+				}
+			}
+			if len(want) == 0 {
+				continue
+			}
+			if f, ok := s.deltaFrame(e, byPath[e.Name], want); ok {
+				out = append(out, f)
+				sum.DeltaFiles++
+				sum.PiecesSent += len(e.Pieces)
+				for _, p := range e.Pieces {
+					delete(need, p.Digest)
+				}
+				continue
+			}
+			for _, d := range want {
+				if !need[d] {
+					continue
+				}
+				z, err := s.Store.GetCompressed(d)
+				if err != nil {
+					return nil, fmt.Errorf("local content cache: %w", err)
+				}
+				out = append(out, Frame{Kind: KindPiece, Digest: d, Data: z})
+				sum.PiecesSent++
+				delete(need, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// deltaFrame makes a delta from base to e when that is smaller than e's
+// missing pieces compressed.
+func (s *Sender) deltaFrame(e, base content.Entry, want []content.Digest) (Frame, bool) {
+	if base.Size == 0 || base.Size > maxDeltaFile || e.Size > maxDeltaFile {
+		return Frame{}, false
+	}
+	full := 0
+	for _, d := range want {
+		z, err := s.Store.GetCompressed(d)
+		if err != nil {
+			return Frame{}, false
+		}
+		full += len(z)
+	}
+	if full < 512 {
+		return Frame{}, false // not worth the piece lists
+	}
+	old, err := s.concat(base.Pieces)
+	if err != nil {
+		return Frame{}, false
+	}
+	nw, err := s.concat(e.Pieces)
+	if err != nil {
+		return Frame{}, false
+	}
+	patch := delta.Diff(old, nw)
+	if len(patch)+40*(len(base.Pieces)+len(e.Pieces)) >= full {
+		return Frame{}, false
+	}
+	return Frame{Kind: KindDelta, Base: base.Pieces, Targets: e.Pieces, Data: patch}, true
+}
+
+func (s *Sender) concat(ps []content.Piece) ([]byte, error) {
+	var b []byte
+	for _, p := range ps {
+		data, err := s.Store.Get(p.Digest)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, data...)
+	}
+	return b, nil
+}
+
+// sendIndexes sends each layer's index (its tar headers and piece lists), as
+// a delta from the most similar index the device holds when that is smaller.
+func (s *Sender) sendIndexes(ctx context.Context, send []*content.Index, held []*content.Index, sum *Summary) error {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
+	for _, ix := range send {
+		raw := ix.Encode()
+		body, base := enc.EncodeAll(raw, nil), ""
+		if b := similar(ix, held); b != nil {
+			if patch := delta.Diff(b.Encode(), raw); len(patch) < len(body) {
+				body, base = patch, b.DiffID.String()
+			}
+		}
+		if err := s.Device.PutIndex(ctx, ix.DiffID.String(), body, base); err != nil {
+			return err
+		}
+		sum.BytesSent += int64(len(body))
+		sum.IndexBytes += int64(len(body))
+	}
+	return nil
+}
+
+// similar picks the held index that shares the most file paths with ix.
+func similar(ix *content.Index, held []*content.Index) *content.Index {
+	paths := map[string]bool{}
+	for _, e := range ix.Entries {
+		if e.IsFile() {
+			paths[e.Name] = true
+		}
+	}
+	var best *content.Index
+	bestN := 0
+	for _, h := range held {
+		n := 0
+		for _, e := range h.Entries {
+			if e.IsFile() && paths[e.Name] {
+				n++
+			}
+		}
+		if n > bestN {
+			best, bestN = h, n
+		}
+	}
+	return best
+}
