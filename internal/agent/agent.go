@@ -88,6 +88,13 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
 }
 
 func (a *Agent) emit(e localapi.Event) localapi.Event {
+	if e.Done && e.Op != 0 {
+		a.mu.Lock()
+		if o := a.ops[e.App]; o != nil && o.id == e.Op {
+			delete(a.ops, e.App)
+		}
+		a.mu.Unlock()
+	}
 	e = a.events.add(e)
 	attrs := []any{"app", e.App}
 	if e.Release != "" {
@@ -156,10 +163,15 @@ func (a *Agent) begin(app, kind, rel, version string) (*op, error) {
 	return o, nil
 }
 
-func (a *Agent) end(app string) {
+// end ends operation o on app, if it is still the one under way (emit ends
+// it as soon as its last event goes out, so that a client that saw the
+// result can start the next operation at once).
+func (a *Agent) end(app string, o *op) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.ops, app)
+	if a.ops[app] == o {
+		delete(a.ops, app)
+	}
 }
 
 func (a *Agent) setPhase(app string, p release.Phase) {
@@ -257,7 +269,7 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 	}
 	resp := &localapi.OpResponse{Op: o.id, Release: rel.ID, Version: rel.Version, Seq: a.events.last()}
 	fail := func(err error) (*localapi.OpResponse, error) {
-		a.end(app)
+		a.end(app, o)
 		return nil, err
 	}
 	rec, err := a.store.record(app)
@@ -276,7 +288,7 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 		return fail(err)
 	}
 	if steps == nil && rec.Current == rel.ID {
-		a.end(app)
+		a.end(app, o)
 		resp.NoChange = true
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: release.PhaseIdle, Message: "release " + release.ShortID(rel.ID) + " already runs; nothing to do", Done: true})
 		return resp, nil
@@ -293,7 +305,7 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		defer a.end(app)
+		defer a.end(app, o)
 		a.runSwitch(o, from, rel, steps, force, lockTimeout)
 	}()
 	return resp, nil
@@ -585,10 +597,11 @@ func (a *Agent) Remove(ctx context.Context, app string, volumes bool) (*localapi
 			return nil, fmt.Errorf("app %s is not on this device: %w", app, release.ErrNotFound)
 		}
 	}
-	if _, err := a.begin(app, "removal", "", ""); err != nil {
+	o, err := a.begin(app, "removal", "", "")
+	if err != nil {
 		return nil, err
 	}
-	defer a.end(app)
+	defer a.end(app, o)
 	// A removal, once started, finishes even if the client goes away.
 	return a.remove(context.WithoutCancel(ctx), app, volumes)
 }

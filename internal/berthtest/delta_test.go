@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/berth-robotics/berth/internal/goimage"
+	"github.com/berth-robotics/berth/internal/transfer"
 )
 
 // TestPushSendsOnlyTheChange pushes a robot-like image, then two updates:
@@ -63,7 +64,7 @@ func TestPushSendsOnlyTheChange(t *testing.T) {
 		tags = append(tags, tag)
 		return tag
 	}
-	push := func(tag string) map[string]float64 {
+	push := func(tag string) transfer.Summary {
 		t.Helper()
 		// The device's engine is this engine: remove the image so it must be loaded.
 		archive := filepath.Join(dir, "image.tar")
@@ -77,7 +78,7 @@ func TestPushSendsOnlyTheChange(t *testing.T) {
 		if err != nil {
 			t.Fatal(err, out)
 		}
-		var res []struct{ Summary map[string]float64 }
+		var res []struct{ Summary transfer.Summary }
 		if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &res); err != nil {
 			t.Fatal(err, out)
 		}
@@ -88,20 +89,20 @@ func TestPushSendsOnlyTheChange(t *testing.T) {
 	}
 
 	first := push(build("v1", "hello"))
-	t.Logf("first push: %.0f KiB sent, %.0f KiB changed", first["bytes_sent"]/1024, first["bytes_changed"]/1024)
+	t.Logf("first push: %d KiB sent, %d KiB changed", first.BytesSent>>10, first.BytesChanged>>10)
 
 	s1 := push(build("v2", "hello, robot"))
-	t.Logf("binary rebuilt after a one-line change: %.1f KiB sent (%v files as deltas), %.0f KiB changed", s1["bytes_sent"]/1024, s1["delta_files"], s1["bytes_changed"]/1024)
-	if s1["delta_files"] < 1 || s1["bytes_sent"] > 64<<10 {
-		t.Errorf("S1: %v", s1)
+	t.Logf("binary rebuilt after a one-line change: %.1f KiB sent (%d files as deltas), %d KiB changed", float64(s1.BytesSent)/1024, s1.DeltaFiles, s1.BytesChanged>>10)
+	if s1.DeltaFiles < 1 || s1.BytesSent > 64<<10 {
+		t.Errorf("S1: %+v", s1)
 	}
 
 	f := filepath.Join(runtime, "pkg07", "file0007.go")
 	b, _ := os.ReadFile(f)
 	write(t, f, string(b)+"// one more line\n")
 	s2 := push(build("v3", "hello, robot"))
-	t.Logf("one file edited in a 3,000-file layer: %.1f KiB sent (index %.1f KiB), %.0f KiB changed", s2["bytes_sent"]/1024, s2["index_bytes"]/1024, s2["bytes_changed"]/1024)
-	if s2["bytes_sent"] > 64<<10 {
-		t.Errorf("S2: %v", s2)
+	t.Logf("one file edited in a 3,000-file layer: %.1f KiB sent (index %.1f KiB), %d KiB changed", float64(s2.BytesSent)/1024, float64(s2.IndexBytes)/1024, s2.BytesChanged>>10)
+	if s2.BytesSent > 64<<10 {
+		t.Errorf("S2: %+v", s2)
 	}
 }

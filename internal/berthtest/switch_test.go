@@ -263,8 +263,8 @@ func TestAppsAndAgentsSideBySide(t *testing.T) {
 		t.Fatalf("apps: robot %v, other %v", robot.State(t).Apps, other.State(t).Apps)
 	}
 	robot.MustDeploy(t, "app", web(p1, "2"))
-	if _, err := robot.Berth(t, "rm", "--app", "app", "--volumes"); err != nil {
-		t.Fatal(err)
+	if out, err := robot.Berth(t, "rm", "--app", "app", "--volumes"); err != nil {
+		t.Fatal(err, out)
 	}
 	for _, u := range []string{p2, p3} {
 		if got, _ := Get("http://127.0.0.1:" + u + "/"); got != "version=1\n" {

@@ -185,8 +185,8 @@ type GCStats struct {
 }
 
 // GC removes the layer indexes not in keep and every piece no kept layer
-// uses, except pieces written after notBefore: those may belong to a transfer
-// still under way, whose index has not arrived yet.
+// uses, except indexes and pieces written after notBefore: those may belong
+// to a transfer still under way, whose layer is not loaded yet.
 func (s *Store) GC(keep map[Digest]bool, notBefore time.Time) (GCStats, error) {
 	var st GCStats
 	layers, err := s.Layers()
@@ -195,7 +195,11 @@ func (s *Store) GC(keep map[Digest]bool, notBefore time.Time) (GCStats, error) {
 	}
 	used := map[Digest]bool{}
 	for _, l := range layers {
-		if !keep[l] {
+		fresh := false
+		if fi, err := os.Stat(s.layerPath(l)); err == nil && fi.ModTime().After(notBefore) {
+			fresh = true // a transfer may be about to load it
+		}
+		if !keep[l] && !fresh {
 			if err := os.Remove(s.layerPath(l)); err != nil {
 				return st, err
 			}

@@ -65,6 +65,15 @@ func TestStore(t *testing.T) {
 	if err != nil || st.PiecesRemoved != 0 {
 		t.Fatalf("GC removed a fresh piece (a transfer may be under way): %+v %v", st, err)
 	}
+	// A fresh index is kept with its pieces even when no image uses it yet:
+	// its transfer may be about to load it.
+	st, err = s.GC(nil, time.Now().Add(-time.Hour))
+	if err != nil || st.LayersRemoved != 0 || st.PiecesRemoved != 0 {
+		t.Fatalf("GC removed a fresh index: %+v %v", st, err)
+	}
+	if _, err := s.Index(ix.DiffID); err != nil {
+		t.Fatal(err)
+	}
 	st, err = s.GC(map[Digest]bool{ix.DiffID: true}, time.Now().Add(time.Minute))
 	if err != nil || st.PiecesRemoved != 1 {
 		t.Fatalf("GC: %+v %v", st, err)

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -33,6 +34,8 @@ type Summary struct {
 	PiecesSent   int      `json:"pieces_sent"`
 	DeltaFiles   int      `json:"delta_files"`   // changed files sent as binary deltas
 	IndexBytes   int64    `json:"index_bytes"`   // layer indexes (tar headers and piece lists), as sent
+	AskBytes     int64    `json:"ask_bytes"`     // the question "which of these pieces do you lack?"
+	DeltaBytes   int64    `json:"delta_bytes"`   // binary deltas of changed files, as sent
 	BytesChanged int64    `json:"bytes_changed"` // uncompressed bytes of the pieces the device lacked
 	BytesSent    int64    `json:"bytes_sent"`
 	BytesLoaded  int64    `json:"bytes_loaded"`
@@ -136,31 +139,21 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 			}
 		}
 	}
-	// Which pieces does the device lack? Ask only about pieces of the layers
-	// it has to get; a piece it holds for any layer is not sent again.
-	var ask []byte
-	asked := map[content.Digest]bool{}
-	for _, ix := range send {
+	// Which pieces does the device lack? A layer the device's store holds
+	// has all its pieces there (the store keeps an index only once its pieces
+	// arrived, and collects no piece a kept index uses), so pieces of held
+	// layers this sender knows are not asked about: after a small change the
+	// question stays small too. The rest is asked.
+	held := s.heldIndexes(info)
+	known := map[content.Digest]bool{}
+	for _, ix := range held {
 		for _, p := range ix.Pieces() {
-			if !asked[p.Digest] {
-				asked[p.Digest] = true
-				ask = append(ask, p.Digest[:]...)
-			}
+			known[p.Digest] = true
 		}
 	}
-	var missing []content.Digest
-	if len(ask) > 0 {
-		s.progress(Progress{Stage: "plan", Message: fmt.Sprintf("asking the device about %d pieces of %d layers", len(asked), len(send))})
-		m, err := s.Device.Missing(ctx, ask)
-		if err != nil {
-			return nil, err
-		}
-		sum.BytesSent += int64(len(ask))
-		for i := 0; i+32 <= len(m); i += 32 {
-			var d content.Digest
-			copy(d[:], m[i:i+32])
-			missing = append(missing, d)
-		}
+	missing, err := s.ask(ctx, send, known, sum)
+	if err != nil {
+		return nil, err
 	}
 	// Preflight: room for what arrives and what is loaded, or stop now.
 	var total int64
@@ -209,7 +202,6 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		batch, inBatch = NewBatch(), 0
 		return nil
 	}
-	held := s.heldIndexes(info)
 	frames, err := s.frames(send, missing, held, sum)
 	if err != nil {
 		return nil, err
@@ -226,7 +218,29 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	if err := s.sendIndexes(ctx, send, held, sum); err != nil {
+	if err := s.sendIndexes(ctx, send, held, sum); errors.Is(err, release.ErrConflict) {
+		// The device lacks pieces it was assumed to hold (its store was
+		// damaged or collected): ask about every piece, send those, retry.
+		s.progress(Progress{Stage: "plan", Message: "the device lacks pieces of layers it holds; asking about every piece"})
+		again, err := s.ask(ctx, send, nil, sum)
+		if err != nil {
+			return nil, err
+		}
+		frames, err := s.frames(send, again, nil, sum)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range frames {
+			batch = AppendFrame(batch, f)
+			inBatch++
+		}
+		if err := flush(); err != nil {
+			return nil, err
+		}
+		if err := s.sendIndexes(ctx, send, held, sum); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
 		return nil, err
 	}
 	sum.SendSeconds = now().Sub(t1).Seconds()
@@ -246,6 +260,41 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 	sum.BytesLoaded = lr.BytesLoaded
 	sum.LoadSeconds = now().Sub(t2).Seconds()
 	return sum, nil
+}
+
+// ask asks the device which pieces of the layers in send it lacks, leaving
+// out the pieces in known.
+func (s *Sender) ask(ctx context.Context, send []*content.Index, known map[content.Digest]bool, sum *Summary) ([]content.Digest, error) {
+	var q []byte
+	asked := map[content.Digest]bool{}
+	for _, ix := range send {
+		for _, p := range ix.Pieces() {
+			if !asked[p.Digest] && !known[p.Digest] {
+				asked[p.Digest] = true
+				q = append(q, p.Digest[:]...)
+			}
+		}
+	}
+	if len(q) == 0 {
+		return nil, nil
+	}
+	s.progress(Progress{Stage: "plan", Message: fmt.Sprintf("asking the device about %d pieces of %d layers", len(asked), len(send))})
+	m, err := s.Device.Missing(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	sum.BytesSent += int64(len(q))
+	sum.AskBytes += int64(len(q))
+	var missing []content.Digest
+	for i := 0; i+32 <= len(m); i += 32 {
+		var d content.Digest
+		copy(d[:], m[i:i+32])
+		if !asked[d] {
+			return nil, fmt.Errorf("the device answered about piece %s, which was not asked: %w", d, release.ErrInvalid)
+		}
+		missing = append(missing, d)
+	}
+	return missing, nil
 }
 
 func tagOrID(img imagetar.Image) string {
@@ -306,6 +355,7 @@ func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []
 			if f, ok := s.deltaFrame(e, byPath[e.Name], want); ok {
 				out = append(out, f)
 				sum.DeltaFiles++
+				sum.DeltaBytes += int64(len(f.Data))
 				sum.PiecesSent += len(e.Pieces)
 				for _, p := range e.Pieces {
 					delete(need, p.Digest)

@@ -1,0 +1,218 @@
+package transfer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/delta"
+	"github.com/berth-robotics/berth/internal/imagetar"
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// storeDevice is a device reduced to its content store: the edge the
+// sender talks to. Load is a no-op (the engine part is tested in berthtest).
+type storeDevice struct {
+	store *content.Store
+	asked int // digests asked about
+}
+
+func (d *storeDevice) ContentInfo(context.Context) (*localapi.ContentInfo, error) {
+	info := &localapi.ContentInfo{}
+	ls, err := d.store.Layers()
+	for _, l := range ls {
+		info.Layers = append(info.Layers, l.String())
+	}
+	return info, err
+}
+
+func (d *storeDevice) Missing(_ context.Context, q []byte) ([]byte, error) {
+	var out []byte
+	for i := 0; i+32 <= len(q); i += 32 {
+		d.asked++
+		var dg content.Digest
+		copy(dg[:], q[i:i+32])
+		if !d.store.Has(dg) {
+			out = append(out, dg[:]...)
+		}
+	}
+	return out, nil
+}
+
+func (d *storeDevice) PutPieces(_ context.Context, b []byte) (*localapi.PutPiecesResponse, error) {
+	err := DecodeFrames(b, func(f Frame) error {
+		if f.Kind == KindPiece {
+			return d.store.PutCompressed(f.Digest, f.Data)
+		}
+		var old []byte
+		for _, p := range f.Base {
+			b, err := d.store.Get(p.Digest)
+			if err != nil {
+				return err
+			}
+			old = append(old, b...)
+		}
+		nw, err := delta.Patch(old, f.Data, 1<<30)
+		if err != nil {
+			return err
+		}
+		for _, p := range f.Targets {
+			if len(nw) < int(p.Size) {
+				return fmt.Errorf("delta too short")
+			}
+			if err := d.store.Put(p.Digest, nw[:p.Size]); err != nil {
+				return err
+			}
+			nw = nw[p.Size:]
+		}
+		return nil
+	})
+	return &localapi.PutPiecesResponse{}, err
+}
+
+func (d *storeDevice) PutIndex(_ context.Context, diffID string, body []byte, base string) error {
+	var raw []byte
+	var err error
+	if base != "" {
+		bd, _ := content.ParseDigest(base)
+		b, err := d.store.Index(bd)
+		if err != nil {
+			return err
+		}
+		raw, err = delta.Patch(b.Encode(), body, 1<<30)
+		if err != nil {
+			return err
+		}
+	} else {
+		dec, _ := zstd.NewReader(nil)
+		defer dec.Close()
+		if raw, err = dec.DecodeAll(body, nil); err != nil {
+			return err
+		}
+	}
+	ix, err := content.DecodeIndex(raw)
+	if err != nil {
+		return err
+	}
+	if ix.DiffID.String() != diffID {
+		return fmt.Errorf("index of %s sent as %s", ix.DiffID, diffID)
+	}
+	if m := d.store.Missing(ix); len(m) > 0 {
+		return fmt.Errorf("%d pieces missing: %w", len(m), release.ErrConflict)
+	}
+	return d.store.PutIndex(ix)
+}
+
+func (d *storeDevice) Load(context.Context, localapi.LoadRequest) (*localapi.LoadResponse, error) {
+	return &localapi.LoadResponse{}, nil
+}
+
+// layer makes a tar of n files of random text; edit changes file k.
+func layer(t *testing.T, n, k int) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewSource(1))
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for i := 0; i < n; i++ {
+		body := make([]byte, 2000+rng.Intn(4000))
+		for j := range body {
+			body[j] = 'a' + byte(rng.Intn(26))
+		}
+		if i == k {
+			body = append(body, "one more line\n"...)
+		}
+		hdr := &tar.Header{Name: fmt.Sprintf("lib/f%04d.py", i), Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+func push(t *testing.T, s *Sender, tarball []byte) *Summary {
+	t.Helper()
+	ix, err := content.Split(bytes.NewReader(tarball), s.Store.Put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Store.PutIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	img := imagetar.Image{ID: "sha256:" + ix.DiffID.String(), DiffIDs: []string{ix.DiffID.String()}}
+	sum, err := s.send(context.Background(), []imagetar.Image{img}, map[string]*content.Index{ix.DiffID.String(): ix}, &Summary{}, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+// TestAskOnlyAboutUnknownPieces: after one file changes in a layer of many,
+// the sender asks the device only about the pieces no layer it holds has;
+// and when the device turns out to lack pieces it was assumed to hold, the
+// sender asks about all of them and still completes.
+func TestAskOnlyAboutUnknownPieces(t *testing.T) {
+	senderStore, err := content.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	devDir := t.TempDir()
+	devStore, err := content.Open(devDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &storeDevice{store: devStore}
+	s := &Sender{Store: senderStore, Device: dev}
+
+	first := push(t, s, layer(t, 500, -1))
+	if dev.asked < 500 || first.PiecesSent < 500 {
+		t.Fatalf("first push asked %d, sent %d pieces; want all 500 files", dev.asked, first.PiecesSent)
+	}
+
+	dev.asked = 0
+	second := push(t, s, layer(t, 500, 7))
+	if dev.asked != 1 || second.PiecesSent != 1 || second.AskBytes != 32 || second.DeltaFiles != 1 {
+		t.Fatalf("one file changed: asked about %d pieces (%d bytes), sent %d; want 1", dev.asked, second.AskBytes, second.PiecesSent)
+	}
+
+	// The device loses a piece of a layer it lists as held.
+	ix, err := devStore.Index(mustLayers(t, devStore)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := ix.Pieces()[3].Digest.Hex()
+	if err := os.Remove(filepath.Join(devDir, "pieces", h[:2], h)); err != nil {
+		t.Fatal(err)
+	}
+	dev.asked = 0
+	third := push(t, s, layer(t, 500, 9))
+	if dev.asked < 500 || third.PiecesSent < 2 {
+		t.Fatalf("after the device lost a piece: asked %d, sent %d; want a full question and the lost piece re-sent", dev.asked, third.PiecesSent)
+	}
+	for _, l := range mustLayers(t, devStore) {
+		ix, _ := devStore.Index(l)
+		if m := devStore.Missing(ix); len(m) > 0 && l.String() == third.Images[0][len("sha256:"):] {
+			t.Fatalf("layer %s still lacks %d pieces", l, len(m))
+		}
+	}
+}
+
+func mustLayers(t *testing.T, s *content.Store) []content.Digest {
+	t.Helper()
+	ls, err := s.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
