@@ -22,7 +22,7 @@ import (
 )
 
 // maxBatch bounds one upload of pieces or an index.
-const maxBatch = 64 << 20
+const maxBatch = transfer.MaxBatch
 
 // ContentInfo says what the device holds, for a sender to plan a transfer.
 func (a *Agent) ContentInfo(ctx context.Context) (*localapi.ContentInfo, error) {
@@ -93,7 +93,11 @@ func (a *Agent) servePieces(w http.ResponseWriter, r *http.Request) {
 			resp.Bytes += int64(len(f.Data))
 			return nil
 		}
-		if err := a.content.PutCompressed(f.Digest, f.Data); err != nil {
+		put := a.content.PutCompressed
+		if f.Kind == transfer.KindRaw {
+			put = a.content.Put
+		}
+		if err := put(f.Digest, f.Data); err != nil {
 			if errors.Is(err, content.ErrCorrupt) {
 				return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
 			}
@@ -150,8 +154,8 @@ func (a *Agent) putDelta(f transfer.Frame) (int, error) {
 const maxIndex = 512 << 20
 
 // serveIndex stores a layer index once all its pieces are here. The body is
-// the index zstd-compressed, or with ?base=<diffID> a binary delta from the
-// index of a layer the store holds.
+// the index zstd-compressed, or with ?base=<diffID> zstd-compressed with the
+// index of a layer the store holds as its dictionary (transfer.EncodeIndexDelta).
 func (a *Agent) serveIndex(w http.ResponseWriter, r *http.Request) {
 	want, err := content.ParseDigest(r.PathValue("diffid"))
 	if err != nil {
@@ -181,7 +185,7 @@ func (a *Agent) serveIndex(w http.ResponseWriter, r *http.Request) {
 			writeError(w, fmt.Errorf("index %s: its delta base: %w", want, err))
 			return
 		}
-		if raw, err = delta.Patch(base.Encode(), z, maxIndex); err != nil {
+		if raw, err = transfer.DecodeIndexDelta(base.Encode(), z, maxIndex); err != nil {
 			writeError(w, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid))
 			return
 		}

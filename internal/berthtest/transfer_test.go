@@ -33,9 +33,21 @@ func (f *flakyDevice) PutPieces(ctx context.Context, frames []byte) (*localapi.P
 	}
 	f.batches++
 	if f.corrupt {
+		// Damage the last piece's data inside the batch (the batch's own
+		// zstd checksum would catch damage of the compressed bytes).
 		f.corrupt = false
-		frames = append([]byte(nil), frames...)
-		frames[len(frames)-1] ^= 0xff // the last byte of the last piece's data
+		var fs []transfer.Frame
+		if err := transfer.DecodeFrames(frames, func(fr transfer.Frame) error {
+			fs = append(fs, fr)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		fs[len(fs)-1].Data[0] ^= 0xff
+		frames = transfer.NewBatch()
+		for _, fr := range fs {
+			frames = transfer.AppendFrame(frames, fr)
+		}
 	}
 	return f.Client.PutPieces(ctx, frames)
 }

@@ -87,7 +87,7 @@ func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Wri
 			return
 		}
 		last = time.Now()
-		say("  send: %s of ≤%s compressed (changed %s), %s/s, ETA %s", mib(p.Done), mib(p.Total), mib(p.Changed), mib(int64(p.Rate)), p.ETA.Round(time.Second))
+		say("  send: %s of %s changed, %s on the wire, %s/s, ETA %s", mib(p.Done), mib(p.Total), mib(p.Wire), mib(int64(p.Rate)), p.ETA.Round(time.Second))
 	}}
 	info, err := cl.ContentInfo(ctx)
 	if err != nil {
@@ -133,23 +133,49 @@ func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Wri
 			results = append(results, pushResult{Source: src, Skipped: "on the device already"})
 			continue
 		}
+		// Pushed before (to this device or another): the cache has it all,
+		// so the engine need not export it again.
+		sum, ok, err := s.PushCached(ctx, []transfer.CachedImage{{ID: img.ID, Tags: savedTags(src, img.Tags)}})
+		if err != nil {
+			return results, fmt.Errorf("push %s: %w", src, err)
+		}
+		if ok {
+			say("pushing %s from the local cache", src)
+			report(say, sum)
+			results = append(results, pushResult{Source: src, Summary: sum})
+			continue
+		}
 		refs = append(refs, src)
 	}
 	if len(refs) > 0 {
-		say("pushing %s from the local engine", strings.Join(refs, ", "))
+		say("pushing %s from the local engine (waiting for docker save)", strings.Join(refs, ", "))
+		t0 := time.Now()
 		rc, err := eng.Save(ctx, refs)
 		if err != nil {
 			return results, err
 		}
+		saved := time.Since(t0)
 		sum, err := s.Push(ctx, bufio.NewReaderSize(rc, 1<<20))
 		rc.Close()
 		if err != nil {
 			return results, fmt.Errorf("push %s: %w", strings.Join(refs, ", "), err)
 		}
+		sum.SaveSeconds = saved.Seconds()
 		report(say, sum)
 		results = append(results, pushResult{Source: strings.Join(refs, " "), Summary: sum})
 	}
 	return results, nil
+}
+
+// savedTags is the tag `docker save REF` would record for ref: ref itself
+// when it names one of the image's tags, none when it is an ID.
+func savedTags(ref string, tags []string) []string {
+	for _, t := range tags {
+		if t == ref || t == ref+":latest" || strings.TrimPrefix(t, "docker.io/library/") == ref {
+			return []string{t}
+		}
+	}
+	return nil
 }
 
 func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfer.Summary, error) {
@@ -171,8 +197,8 @@ func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfe
 }
 
 func report(say func(string, ...any), s *transfer.Summary) {
-	say("  done: %d images, %d of %d layers needed; %s changed, %s sent; %s loaded; read %.1fs, send %.1fs, load %.1fs",
-		len(s.Images), s.LayersNeeded, s.Layers, mib(s.BytesChanged), mib(s.BytesSent), mib(s.BytesLoaded), s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
+	say("  done: %d images, %d of %d layers needed; %s changed, %s sent; %s loaded; export %.1fs, read %.1fs, send %.1fs, load %.1fs",
+		len(s.Images), s.LayersNeeded, s.Layers, mib(s.BytesChanged), mib(s.BytesSent), mib(s.BytesLoaded), s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
 }
 
 func mib(n int64) string {

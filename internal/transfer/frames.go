@@ -14,25 +14,37 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/release"
 )
 
-const framesMagic = "BPF1"
+// A batch is framesMagic and frames, or zframesMagic and such a batch as one
+// zstd frame: pieces compressed together share their context, which matters
+// for the thousands of small files of a language runtime.
+const (
+	framesMagic  = "BPF1"
+	zframesMagic = "BPZ1"
+)
 
 // Frame kinds.
 const (
 	KindPiece byte = 1 // one zstd-compressed piece
 	KindDelta byte = 2 // a file's pieces as a binary delta against pieces the device holds
+	KindRaw   byte = 3 // one piece as it is (the batch around it is compressed)
 )
 
 // Limits for decoding untrusted batches.
 const (
 	maxFrame      = 64 << 20
 	maxListPieces = 1 << 16
+	// MaxBatch bounds a batch, compressed or not, and a compressed batch's
+	// contents.
+	MaxBatch = 64 << 20
 )
 
-// Frame is one element of a batch: a piece (Digest, Data = zstd), or a delta
+// Frame is one element of a batch: a piece (Digest, Data = zstd or raw), or a delta
 // (Base: the old file's pieces, Targets: the new file's pieces, Data: the
 // patch from the concatenated Base to the concatenated Targets).
 type Frame struct {
@@ -65,8 +77,25 @@ func AppendFrame(b []byte, f Frame) []byte {
 	return append(b, f.Data...)
 }
 
+// CompressBatch turns a batch into a compressed one.
+func CompressBatch(enc *zstd.Encoder, b []byte) []byte {
+	return enc.EncodeAll(b, []byte(zframesMagic))
+}
+
 // DecodeFrames reads a batch from untrusted bytes and calls fn for each frame.
 func DecodeFrames(data []byte, fn func(Frame) error) error {
+	if bytes.HasPrefix(data, []byte(zframesMagic)) {
+		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxBatch))
+		if err != nil {
+			return err
+		}
+		defer dec.Close()
+		inner, err := dec.DecodeAll(data[len(zframesMagic):], nil)
+		if err != nil {
+			return fmt.Errorf("pieces: the compressed batch is damaged (%v); nothing of it was stored, the next run sends it again: %w", err, release.ErrInvalid)
+		}
+		data = inner
+	}
 	if !bytes.HasPrefix(data, []byte(framesMagic)) {
 		return fmt.Errorf("pieces: not a berth batch: %w", release.ErrInvalid)
 	}
@@ -78,7 +107,7 @@ func DecodeFrames(data []byte, fn func(Frame) error) error {
 		f := Frame{}
 		f.Kind, _ = r.ReadByte()
 		switch f.Kind {
-		case KindPiece:
+		case KindPiece, KindRaw:
 			if _, err := io.ReadFull(r, f.Digest[:]); err != nil {
 				return bad(i, "truncated")
 			}

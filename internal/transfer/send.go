@@ -39,18 +39,20 @@ type Summary struct {
 	BytesChanged int64    `json:"bytes_changed"` // uncompressed bytes of the pieces the device lacked
 	BytesSent    int64    `json:"bytes_sent"`
 	BytesLoaded  int64    `json:"bytes_loaded"`
-	ReadSeconds  float64  `json:"read_seconds"`
+	CacheHit     bool     `json:"cache_hit,omitempty"` // the images came from the sender's cache, not read again
+	SaveSeconds  float64  `json:"save_seconds"`        // the local engine exporting the images (docker save) before the first byte
+	ReadSeconds  float64  `json:"read_seconds"`        // reading, hashing and splitting the layers`
 	SendSeconds  float64  `json:"send_seconds"`
 	LoadSeconds  float64  `json:"load_seconds"`
 }
 
 // Progress is reported while pieces go out.
 type Progress struct {
-	Stage   string // read, plan, send, load
-	Done    int64  // bytes sent so far
-	Total   int64  // bytes to send (compressed)
-	Changed int64
-	Rate    float64 // bytes/s
+	Stage   string  // read, plan, send, load
+	Done    int64   // changed bytes (uncompressed) sent so far
+	Total   int64   // changed bytes to send
+	Wire    int64   // bytes written into the exchange so far
+	Rate    float64 // wire bytes/s
 	ETA     time.Duration
 	Message string
 }
@@ -97,8 +99,68 @@ func (s *Sender) Push(ctx context.Context, archive io.Reader) (*Summary, error) 
 	if err != nil {
 		return nil, err
 	}
+	for _, img := range imgs {
+		// Keep the config too: the next push of this image to any device
+		// needs no reading at all (see PushCached).
+		if err := s.Store.Put(content.Sum(img.Config), img.Config); err != nil {
+			return nil, err
+		}
+	}
 	sum.ReadSeconds = now().Sub(t0).Seconds()
 	return s.send(ctx, imgs, indexes, sum, now)
+}
+
+// CachedImage names an image to push from the sender's store alone.
+type CachedImage struct {
+	ID   string // sha256:… of its config
+	Tags []string
+}
+
+// PushCached pushes images whose config, layer indexes and pieces are all in
+// the sender's store, from an earlier Push, without reading them again
+// (exporting a large image from an engine takes many seconds). ok is false,
+// with nothing sent, when the store lacks any part of them.
+func (s *Sender) PushCached(ctx context.Context, want []CachedImage) (sum *Summary, ok bool, err error) {
+	now := s.Now
+	if now == nil {
+		now = time.Now
+	}
+	t0 := now()
+	var imgs []imagetar.Image
+	indexes := map[string]*content.Index{}
+	for _, w := range want {
+		d, err := content.ParseDigest(w.ID)
+		if err != nil {
+			return nil, false, err
+		}
+		cfg, err := s.Store.Get(d)
+		if err != nil {
+			return nil, false, nil
+		}
+		img, err := imagetar.FromConfig(cfg)
+		if err != nil {
+			return nil, false, nil
+		}
+		img.Tags = w.Tags
+		for _, id := range img.DiffIDs {
+			if indexes[id] != nil {
+				continue
+			}
+			dd, err := content.ParseDigest(id)
+			if err != nil {
+				return nil, false, nil
+			}
+			ix, err := s.Store.Index(dd)
+			if err != nil || len(s.Store.Missing(ix)) > 0 {
+				return nil, false, nil
+			}
+			indexes[id] = ix
+		}
+		imgs = append(imgs, img)
+	}
+	sum = &Summary{CacheHit: true, ReadSeconds: now().Sub(t0).Seconds()}
+	sum, err = s.send(ctx, imgs, indexes, sum, now)
+	return sum, err == nil, err
 }
 
 func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[string]*content.Index, sum *Summary, now func() time.Time) (*Summary, error) {
@@ -174,46 +236,55 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		return nil, fmt.Errorf("the device's engine has %d MiB free and loading needs %d MiB (plus %d MiB kept free); nothing was sent, the running release is untouched; free space on the device (docker image prune): %w", info.EngineFree>>20, loadBytes>>20, info.MinFree>>20, release.ErrNoSpace)
 	}
 
-	// Send the missing pieces in acknowledged batches.
+	// Send the missing pieces in acknowledged batches, each compressed as a
+	// whole.
 	batchMax := s.BatchBytes
 	if batchMax <= 0 {
-		batchMax = 4 << 20
+		batchMax = 8 << 20
 	}
-	sent, start := int64(0), now()
-	batch, inBatch := NewBatch(), 0
+	batchMax = min(batchMax, MaxBatch/2)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	var wire, done int64
+	start := now()
+	batch, inBatch, batchChanged := NewBatch(), 0, int64(0)
 	flush := func() error {
 		if inBatch == 0 {
 			return nil
 		}
-		if _, err := s.Device.PutPieces(ctx, batch); err != nil {
+		body := CompressBatch(enc, batch)
+		if _, err := s.Device.PutPieces(ctx, body); err != nil {
 			return fmt.Errorf("sending pieces (what arrived is kept; run the command again to send the rest): %w", err)
 		}
-		sent += int64(len(batch))
-		sum.BytesSent += int64(len(batch))
+		wire += int64(len(body))
+		done += batchChanged
+		sum.BytesSent += int64(len(body))
 		el := now().Sub(start).Seconds()
-		p := Progress{Stage: "send", Done: sent, Total: total, Changed: sum.BytesChanged}
+		p := Progress{Stage: "send", Done: done, Total: total, Wire: wire}
 		if el > 0 {
-			p.Rate = float64(sent) / el
-			if p.Rate > 0 && total > sent {
-				p.ETA = time.Duration(float64(total-sent) / p.Rate * float64(time.Second))
+			p.Rate = float64(wire) / el
+			if done > 0 && total > done {
+				p.ETA = time.Duration(float64(total-done) / (float64(done) / el) * float64(time.Second))
 			}
 		}
 		s.progress(p)
-		batch, inBatch = NewBatch(), 0
+		batch, inBatch, batchChanged = NewBatch(), 0, 0
 		return nil
 	}
-	frames, err := s.frames(send, missing, held, sum)
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range frames {
+	add := func(f Frame, changed int64) error {
 		batch = AppendFrame(batch, f)
 		inBatch++
+		batchChanged += changed
 		if len(batch) >= batchMax {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+			return flush()
 		}
+		return nil
+	}
+	if err := s.frames(send, missing, held, sum, add); err != nil {
+		return nil, err
 	}
 	if err := flush(); err != nil {
 		return nil, err
@@ -226,13 +297,8 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		if err != nil {
 			return nil, err
 		}
-		frames, err := s.frames(send, again, nil, sum)
-		if err != nil {
+		if err := s.frames(send, again, nil, sum, add); err != nil {
 			return nil, err
-		}
-		for _, f := range frames {
-			batch = AppendFrame(batch, f)
-			inBatch++
 		}
 		if err := flush(); err != nil {
 			return nil, err
@@ -324,10 +390,12 @@ func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
 // byte of the old file).
 const maxDeltaFile = 64 << 20
 
-// frames turns the missing pieces into frames: a changed file whose path
-// the device holds in another layer goes as a binary delta from that version
-// when the delta is smaller than its compressed pieces; the rest as pieces.
-func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []*content.Index, sum *Summary) ([]Frame, error) {
+// frames turns the missing pieces into frames and hands each to add with the
+// uncompressed bytes it carries: a changed file whose path the device holds
+// in another layer goes as a binary delta from that version when the delta
+// is smaller than its compressed pieces; the rest as raw pieces (the batch is
+// compressed as a whole).
+func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []*content.Index, sum *Summary, add func(Frame, int64) error) error {
 	need := map[content.Digest]bool{}
 	for _, d := range missing {
 		need[d] = true
@@ -340,43 +408,48 @@ func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []
 			}
 		}
 	}
-	var out []Frame
 	for _, ix := range send {
 		for _, e := range ix.Entries {
 			var want []content.Digest
+			var changed int64
 			for _, p := range e.Pieces {
 				if need[p.Digest] {
 					want = append(want, p.Digest)
+					changed += int64(p.Size)
 				}
 			}
 			if len(want) == 0 {
 				continue
 			}
 			if f, ok := s.deltaFrame(e, byPath[e.Name], want); ok {
-				out = append(out, f)
 				sum.DeltaFiles++
 				sum.DeltaBytes += int64(len(f.Data))
 				sum.PiecesSent += len(e.Pieces)
 				for _, p := range e.Pieces {
 					delete(need, p.Digest)
 				}
+				if err := add(f, changed); err != nil {
+					return err
+				}
 				continue
 			}
-			for _, d := range want {
-				if !need[d] {
+			for _, p := range e.Pieces {
+				if !need[p.Digest] {
 					continue
 				}
-				z, err := s.Store.GetCompressed(d)
+				data, err := s.Store.Get(p.Digest)
 				if err != nil {
-					return nil, fmt.Errorf("local content cache: %w", err)
+					return fmt.Errorf("local content cache: %w", err)
 				}
-				out = append(out, Frame{Kind: KindPiece, Digest: d, Data: z})
 				sum.PiecesSent++
-				delete(need, d)
+				delete(need, p.Digest)
+				if err := add(Frame{Kind: KindRaw, Digest: p.Digest, Data: data}, int64(p.Size)); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // deltaFrame makes a delta from base to e when that is smaller than e's
@@ -435,7 +508,11 @@ func (s *Sender) sendIndexes(ctx context.Context, send []*content.Index, held []
 		raw := ix.Encode()
 		body, base := enc.EncodeAll(raw, nil), ""
 		if b := similar(ix, held); b != nil {
-			if patch := delta.Diff(b.Encode(), raw); len(patch) < len(body) {
+			patch, err := EncodeIndexDelta(b.Encode(), raw)
+			if err != nil {
+				return err
+			}
+			if len(patch) < len(body) {
 				body, base = patch, b.DiffID.String()
 			}
 		}

@@ -51,8 +51,11 @@ func (d *storeDevice) Missing(_ context.Context, q []byte) ([]byte, error) {
 
 func (d *storeDevice) PutPieces(_ context.Context, b []byte) (*localapi.PutPiecesResponse, error) {
 	err := DecodeFrames(b, func(f Frame) error {
-		if f.Kind == KindPiece {
+		switch f.Kind {
+		case KindPiece:
 			return d.store.PutCompressed(f.Digest, f.Data)
+		case KindRaw:
+			return d.store.Put(f.Digest, f.Data)
 		}
 		var old []byte
 		for _, p := range f.Base {
@@ -89,7 +92,7 @@ func (d *storeDevice) PutIndex(_ context.Context, diffID string, body []byte, ba
 		if err != nil {
 			return err
 		}
-		raw, err = delta.Patch(b.Encode(), body, 1<<30)
+		raw, err = DecodeIndexDelta(b.Encode(), body, 1<<30)
 		if err != nil {
 			return err
 		}
@@ -215,4 +218,42 @@ func mustLayers(t *testing.T, s *content.Store) []content.Digest {
 		t.Fatal(err)
 	}
 	return ls
+}
+
+// TestPushCached: an image whose config, indexes and pieces the sender holds
+// goes to another device without being read again; one it lacks any part of
+// is left to a full read, with nothing sent.
+func TestPushCached(t *testing.T) {
+	senderStore, err := content.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := content.Split(bytes.NewReader(layer(t, 50, -1)), senderStore.Put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := senderStore.PutIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	cfg := []byte(fmt.Sprintf(`{"os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":[%q]}}`, ix.DiffID.String()))
+	if err := senderStore.Put(content.Sum(cfg), cfg); err != nil {
+		t.Fatal(err)
+	}
+	id := "sha256:" + content.Sum(cfg).Hex()
+	devStore, err := content.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Sender{Store: senderStore, Device: &storeDevice{store: devStore}}
+
+	if _, ok, err := s.PushCached(context.Background(), []CachedImage{{ID: "sha256:" + content.Sum([]byte("unknown")).Hex()}}); ok || err != nil {
+		t.Fatalf("unknown image: ok=%v err=%v", ok, err)
+	}
+	sum, ok, err := s.PushCached(context.Background(), []CachedImage{{ID: id, Tags: []string{"robot/app:1"}}})
+	if err != nil || !ok || !sum.CacheHit || sum.PiecesSent < 50 {
+		t.Fatalf("cached push: ok=%v err=%v %+v", ok, err, sum)
+	}
+	if _, err := devStore.Index(ix.DiffID); err != nil {
+		t.Fatalf("the device did not get the layer: %v", err)
+	}
 }
