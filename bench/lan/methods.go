@@ -51,9 +51,12 @@ type berthSummary struct {
 	PiecesSent   int     `json:"pieces_sent"`
 	DeltaFiles   int     `json:"delta_files"`
 	IndexBytes   int64   `json:"index_bytes"`
+	AskBytes     int64   `json:"ask_bytes"`
+	DeltaBytes   int64   `json:"delta_bytes"`
 	BytesChanged int64   `json:"bytes_changed"`
 	BytesSent    int64   `json:"bytes_sent"`
 	BytesLoaded  int64   `json:"bytes_loaded"`
+	SaveSeconds  float64 `json:"save_seconds"`
 	ReadSeconds  float64 `json:"read_seconds"`
 	SendSeconds  float64 `json:"send_seconds"`
 	LoadSeconds  float64 `json:"load_seconds"`
@@ -345,9 +348,12 @@ func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (
 			PiecesSent   int     `json:"pieces_sent"`
 			DeltaFiles   int     `json:"delta_files"`
 			IndexBytes   int64   `json:"index_bytes"`
+			AskBytes     int64   `json:"ask_bytes"`
+			DeltaBytes   int64   `json:"delta_bytes"`
 			BytesChanged int64   `json:"bytes_changed"`
 			BytesSent    int64   `json:"bytes_sent"`
 			BytesLoaded  int64   `json:"bytes_loaded"`
+			SaveSeconds  float64 `json:"save_seconds"`
 			ReadSeconds  float64 `json:"read_seconds"`
 			SendSeconds  float64 `json:"send_seconds"`
 			LoadSeconds  float64 `json:"load_seconds"`
@@ -365,6 +371,9 @@ func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (
 		s.PiecesSent += p.Summary.PiecesSent
 		s.DeltaFiles += p.Summary.DeltaFiles
 		s.IndexBytes += p.Summary.IndexBytes
+		s.AskBytes += p.Summary.AskBytes
+		s.DeltaBytes += p.Summary.DeltaBytes
+		s.SaveSeconds += p.Summary.SaveSeconds
 		s.BytesChanged += p.Summary.BytesChanged
 		s.BytesSent += p.Summary.BytesSent
 		s.BytesLoaded += p.Summary.BytesLoaded
@@ -446,7 +455,7 @@ func pushWithProgress(ctx context.Context, dir string, env []string, berth, targ
 	return lines, nil
 }
 
-var doneRe = regexp.MustCompile(`done: \d+ images, (\d+) of (\d+) layers needed; (.+?) changed, (.+?) sent; (.+?) loaded; read ([\d.]+)s, send ([\d.]+)s, load ([\d.]+)s`)
+var doneRe = regexp.MustCompile(`done: \d+ images, (\d+) of (\d+) layers needed; (.+?) changed, (.+?) sent; (.+?) loaded; export ([\d.]+)s, read ([\d.]+)s, send ([\d.]+)s, load ([\d.]+)s`)
 
 // parseDone reads push's closing line (sizes rounded to 0.1 KiB/MiB).
 func parseDone(lines []string, s *berthSummary) error {
@@ -458,9 +467,10 @@ func parseDone(lines []string, s *berthSummary) error {
 		s.LayersNeeded, _ = strconv.Atoi(m[1])
 		s.Layers, _ = strconv.Atoi(m[2])
 		s.BytesChanged, s.BytesSent, s.BytesLoaded = parseSize(m[3]), parseSize(m[4]), parseSize(m[5])
-		s.ReadSeconds, _ = strconv.ParseFloat(m[6], 64)
-		s.SendSeconds, _ = strconv.ParseFloat(m[7], 64)
-		s.LoadSeconds, _ = strconv.ParseFloat(m[8], 64)
+		s.SaveSeconds, _ = strconv.ParseFloat(m[6], 64)
+		s.ReadSeconds, _ = strconv.ParseFloat(m[7], 64)
+		s.SendSeconds, _ = strconv.ParseFloat(m[8], 64)
+		s.LoadSeconds, _ = strconv.ParseFloat(m[9], 64)
 		return nil
 	}
 	return fmt.Errorf("berth push printed no summary line: %s", strings.Join(lines, "\n"))

@@ -191,19 +191,19 @@ func report(cfg *config, res *results) string {
 			w("\n² not run over the slow link; bytes from the loopback run (same image, same empty robot); time: the bytes at %d Mbit/s, a lower bound.", cfg.rateMbit)
 		}
 		w("\n\nberth, from `berth push --json` and `berth deploy --json` (changed: uncompressed bytes of the pieces the robot lacked; sent: what berth wrote into the exchange, before SSH):\n\n")
-		w("| Scenario | wire: push + deploy | changed | sent | of which indexes | pieces (deltas) | layers loaded | push: read | send | load | push total | deploy (switch + health) | total |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| Scenario | wire: push + deploy | changed | sent | of which indexes / question / deltas | pieces (delta files) | layers loaded | push: docker save | read | send | load | push total | deploy (switch + health) | total |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, sc := range scenarioNames {
 			x := res.find(link, sc, "berth")
 			if x == nil || x.Berth == nil {
 				continue
 			}
 			s := x.Berth
-			idx, pieces := human(s.IndexBytes), fmt.Sprintf("%d (%d)", s.PiecesSent, s.DeltaFiles)
+			idx, pieces := human(s.IndexBytes)+" / "+human(s.AskBytes)+" / "+human(s.DeltaBytes), fmt.Sprintf("%d (%d)", s.PiecesSent, s.DeltaFiles)
 			if len(s.Progress) > 0 { // -progress: from the text summary, which has neither
 				idx, pieces = "—", "—"
 			}
-			w("| %s | %s + %s | %s | %s | %s | %s | %d of %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s |\n", sc, human(x.PhaseWire["push"]), human(x.PhaseWire["deploy"]), human(s.BytesChanged), human(s.BytesSent),
-				idx, pieces, s.LayersNeeded, s.Layers, s.ReadSeconds, s.SendSeconds, s.LoadSeconds, x.Phases["push"], x.Phases["deploy"], x.Seconds)
+			w("| %s | %s + %s | %s | %s | %s | %s | %d of %d | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s |\n", sc, human(x.PhaseWire["push"]), human(x.PhaseWire["deploy"]), human(s.BytesChanged), human(s.BytesSent),
+				idx, pieces, s.LayersNeeded, s.Layers, s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds, x.Phases["push"], x.Phases["deploy"], x.Seconds)
 		}
 		w("\nBaselines: registry = `docker push` on the host through the tunnel, `docker pull` on the robot, container started and healthy; save = `docker save | gzip -%d | ssh docker load`, container started and healthy.\n\n", cfg.gzipLevel)
 		w("| Scenario | registry push | pull | start+healthy | save\\|gzip\\|ssh\\|load | start+healthy |\n|---|---|---|---|---|---|\n")
