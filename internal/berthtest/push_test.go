@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/berth-robotics/berth/internal/imagetar/ocitest"
 )
 
 // TestPushArchive: an image saved to a file and removed from the engine is
@@ -65,4 +68,43 @@ func TestPushArchive(t *testing.T) {
 	if second["pieces_sent"].(float64) != 0 || second["layers_needed"].(float64) != 0 {
 		t.Errorf("second push sent again: %v", second)
 	}
+}
+
+// TestPushOCILayout: an OCI layout directory with images for two platforms
+// (as buildx --output type=oci writes it): the device gets the image for its
+// own architecture, under the layout's name; a layout without one is
+// refused with the platforms it has.
+func TestPushOCILayout(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	name := "berthtest/oci:" + randomID()
+	arch := runtime.GOARCH
+	other := "arm64"
+	if arch == "arm64" {
+		other = "amd64"
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	if err := ocitest.WriteLayout(dir, name, other, arch); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { docker("rmi", "-f", name) })
+	out, err := robot.BerthEnv(t, []string{"BERTH_CACHE=" + t.TempDir()}, "push", dir)
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	got, err := docker("image", "inspect", "-f", "{{.Architecture}}", name)
+	if err != nil || strings.TrimSpace(got) != arch {
+		t.Fatalf("pushed %s: architecture %q (%v); want %s\n%s", name, got, err, arch, out)
+	}
+
+	only := filepath.Join(t.TempDir(), "layout")
+	if err := ocitest.WriteLayout(only, name+"x", other); err != nil {
+		t.Fatal(err)
+	}
+	out, err = robot.BerthEnv(t, []string{"BERTH_CACHE=" + t.TempDir()}, "push", only)
+	if err == nil {
+		t.Fatalf("a layout with no %s image was pushed:\n%s", arch, out)
+	}
+	Contains(t, out, "none for "+arch, other)
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"archive/tar"
 	"bufio"
 	"compress/gzip"
 	"context"
@@ -93,6 +94,7 @@ func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Wri
 	if err != nil {
 		return nil, fmt.Errorf("ask the device what it holds: %w", err)
 	}
+	s.Arch = info.Arch
 	have := map[string]bool{}
 	for _, id := range info.Images {
 		have[id] = true
@@ -101,7 +103,19 @@ func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Wri
 	var refs []string
 	var eng *engine.Client
 	for _, src := range sources {
-		if st, err := os.Stat(src); err == nil && !st.IsDir() {
+		if st, err := os.Stat(src); err == nil && st.IsDir() {
+			if _, err := os.Stat(filepath.Join(src, "oci-layout")); err != nil {
+				return results, fmt.Errorf("%s is a directory but not an OCI image layout (it has no oci-layout file): %w", src, release.ErrInvalid)
+			}
+			say("pushing the OCI layout %s (the %s image)", src, info.Arch)
+			sum, err := pushLayout(ctx, s, src)
+			if err != nil {
+				return results, fmt.Errorf("push %s: %w", src, err)
+			}
+			report(say, sum)
+			results = append(results, pushResult{Source: src, Summary: sum})
+			continue
+		} else if err == nil {
 			say("pushing %s", src)
 			sum, err := pushArchive(ctx, s, src)
 			if err != nil {
@@ -176,6 +190,22 @@ func savedTags(ref string, tags []string) []string {
 		}
 	}
 	return nil
+}
+
+// pushLayout pushes an OCI layout directory, streamed as the tar that
+// imagetar reads.
+func pushLayout(ctx context.Context, s *transfer.Sender, dir string) (*transfer.Summary, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		err := tw.AddFS(os.DirFS(dir))
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	defer pr.Close()
+	return s.Push(ctx, pr)
 }
 
 func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfer.Summary, error) {

@@ -1,7 +1,9 @@
 // Package imagetar reads and writes image archives in the form `docker save`
 // writes and `docker load` reads (the classic layout and the OCI layout that
-// newer engines write). It streams: each layer tar goes to a callback as it
-// passes, so a gigabyte image is read once and never held in memory.
+// newer engines write), and reads OCI image layouts as other tools write them
+// (buildx --output type=oci, skopeo, buildah), picking the platform asked for
+// from a multi-platform index. It streams: each layer tar goes to a callback
+// as it passes, so a gigabyte image is read once and never held in memory.
 package imagetar
 
 import (
@@ -17,8 +19,12 @@ import (
 	"path"
 	"strings"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/berth-robotics/berth/internal/release"
 )
+
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
 // Image is one image of an archive.
 type Image struct {
@@ -45,6 +51,13 @@ type LayerFunc func(name string, r io.Reader) (diffID string, err error)
 
 // Read parses an image archive, handing each layer to onLayer.
 func Read(r io.Reader, onLayer LayerFunc) ([]Image, error) {
+	return ReadFor(r, "", onLayer)
+}
+
+// ReadFor is Read that, for an OCI layout listing several platforms, keeps
+// only the images for architecture arch ("" keeps every image). Layers of
+// the other platforms still pass through onLayer: the archive is read once.
+func ReadFor(r io.Reader, arch string, onLayer LayerFunc) ([]Image, error) {
 	tr := tar.NewReader(r)
 	small := map[string][]byte{}
 	layers := map[string]string{} // archive path → diffID
@@ -73,6 +86,17 @@ func Read(r io.Reader, onLayer LayerFunc) ([]Image, error) {
 				return nil, fmt.Errorf("layer %s: %w", name, err)
 			}
 			layers[name] = d
+		case len(head) >= 4 && bytes.Equal(head[:4], zstdMagic):
+			zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+			if err != nil {
+				return nil, fmt.Errorf("image archive: %s: %v: %w", name, err, release.ErrInvalid)
+			}
+			d, err := onLayer(name, zr)
+			zr.Close()
+			if err != nil {
+				return nil, fmt.Errorf("layer %s: %w", name, err)
+			}
+			layers[name] = d
 		case isTar(head, h.Size):
 			d, err := onLayer(name, br)
 			if err != nil {
@@ -87,13 +111,18 @@ func Read(r io.Reader, onLayer LayerFunc) ([]Image, error) {
 			small[name] = b
 		}
 	}
-	mb, ok := small["manifest.json"]
-	if !ok {
-		return nil, fmt.Errorf("image archive has no manifest.json (is it a docker save archive?): %w", release.ErrInvalid)
-	}
 	var man []manifestEntry
-	if err := json.Unmarshal(mb, &man); err != nil || len(man) == 0 {
-		return nil, fmt.Errorf("image archive: bad manifest.json: %v: %w", err, release.ErrInvalid)
+	if mb, ok := small["manifest.json"]; ok {
+		if err := json.Unmarshal(mb, &man); err != nil || len(man) == 0 {
+			return nil, fmt.Errorf("image archive: bad manifest.json: %v: %w", err, release.ErrInvalid)
+		}
+	} else if _, ok := small["index.json"]; ok {
+		var err error
+		if man, err = ociManifests(small, arch); err != nil {
+			return nil, err
+		}
+	} else {
+		return nil, fmt.Errorf("image archive has neither manifest.json nor index.json (is it a docker save archive or an OCI layout?): %w", release.ErrInvalid)
 	}
 	var out []Image
 	for _, m := range man {

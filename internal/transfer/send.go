@@ -63,8 +63,12 @@ type Sender struct {
 	Store    *content.Store
 	Device   Device
 	Progress func(Progress)
-	// BatchBytes is the size of one acknowledged batch (default 4 MiB).
+	// BatchBytes is the size of one acknowledged batch before compression
+	// (default 8 MiB).
 	BatchBytes int
+	// Arch is the device's architecture: of an OCI layout listing several
+	// platforms, only its image is sent.
+	Arch string
 	Now        func() time.Time
 }
 
@@ -85,7 +89,7 @@ func (s *Sender) Push(ctx context.Context, archive io.Reader) (*Summary, error) 
 	t0 := now()
 	s.progress(Progress{Stage: "read", Message: "reading and indexing the image layers"})
 	indexes := map[string]*content.Index{}
-	imgs, err := imagetar.Read(archive, func(_ string, r io.Reader) (string, error) {
+	imgs, err := imagetar.ReadFor(archive, s.Arch, func(_ string, r io.Reader) (string, error) {
 		ix, err := content.Split(r, s.Store.Put)
 		if err != nil {
 			return "", err
