@@ -69,7 +69,7 @@ type Sender struct {
 	// Arch is the device's architecture: of an OCI layout listing several
 	// platforms, only its image is sent.
 	Arch string
-	Now        func() time.Time
+	Now  func() time.Time
 }
 
 func (s *Sender) progress(p Progress) {
