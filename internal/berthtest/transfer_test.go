@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/berth-robotics/berth/internal/content"
@@ -53,8 +54,9 @@ func (f *flakyDevice) PutPieces(ctx context.Context, frames []byte) (*localapi.P
 }
 
 // bigImage builds an image with an 8 MiB incompressible layer, saves it to
-// an archive and removes it from the engine (so the device must load it).
-func bigImage(t *testing.T, env *Env) string {
+// an archive and removes it from the engine (so the device must load it); it
+// returns the archive and the image's tag.
+func bigImage(t *testing.T, env *Env) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	payload := make([]byte, 8<<20)
@@ -72,7 +74,7 @@ func bigImage(t *testing.T, env *Env) string {
 	id, _ := docker("image", "inspect", "-f", "{{.Id}}", tag)
 	docker("rmi", tag)
 	t.Cleanup(func() { docker("rmi", "-f", strings.TrimSpace(id)) })
-	return archive
+	return archive, tag
 }
 
 func pushWith(t *testing.T, dev transfer.Device, cache *content.Store, archive string) (*transfer.Summary, error) {
@@ -93,7 +95,7 @@ func TestPushResumesAndRejectsDamage(t *testing.T) {
 	t.Parallel()
 	env := NewEnv(t)
 	robot := env.NewDevice(t)
-	archive := bigImage(t, env)
+	archive, _ := bigImage(t, env)
 	cache, err := content.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +135,7 @@ func TestPushRefusedWhenTheDeviceIsFull(t *testing.T) {
 	robot := env.NewDevice(t)
 	port := FreePort(t)
 	robot.MustDeploy(t, "app", web(port, "1"))
-	archive := bigImage(t, env)
+	archive, _ := bigImage(t, env)
 	// Demand more free space than the disk has: any push is too big.
 	var st struct{ free uint64 }
 	info, err := robot.Client().ContentInfo(context.Background())
@@ -155,5 +157,84 @@ func TestPushRefusedWhenTheDeviceIsFull(t *testing.T) {
 	}
 	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
 		t.Fatalf("the running release answers %q", got)
+	}
+}
+
+// TestTwoLaptopsAtOnce: two laptops push and deploy different apps to one
+// device at the same moment, each with its own cache: both succeed. Then the
+// same app twice at once: one release is committed, the other deploy either
+// waited and went through or was refused as busy, and the app ends with one
+// whole release.
+func TestTwoLaptopsAtOnce(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	type laptop struct{ app, archive, tag, port, cache string }
+	var ls []*laptop
+	for _, app := range []string{"nav", "arm"} {
+		archive, tag := bigImage(t, env)
+		ls = append(ls, &laptop{app: app, archive: archive, tag: tag, port: FreePort(t), cache: t.TempDir()})
+	}
+	compose := func(l *laptop, version string) string {
+		return strings.Replace(web(l.port, version), "${IMG_A}", l.tag, 1)
+	}
+	var wg sync.WaitGroup
+	outs := make([]string, len(ls))
+	for i, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := robot.BerthEnv(t, []string{"BERTH_CACHE=" + l.cache}, "push", l.archive)
+			if err != nil {
+				outs[i] = fmt.Sprintf("push: %v\n%s", err, out)
+				return
+			}
+			if out, err := robot.Deploy(t, l.app, compose(l, "1")); err != nil {
+				outs[i] = fmt.Sprintf("deploy: %v\n%s", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, l := range ls {
+		if outs[i] != "" {
+			t.Fatalf("laptop deploying %s: %s", l.app, outs[i])
+		}
+		if got, _ := Get("http://127.0.0.1:" + l.port + "/"); got != "version=1\n" {
+			t.Errorf("%s answers %q", l.app, got)
+		}
+	}
+
+	// The same app from both laptops at once.
+	nav := ls[0]
+	errs := make([]error, 2)
+	for i, v := range []string{"2", "3"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := robot.Deploy(t, nav.app, compose(nav, v))
+			if err != nil {
+				errs[i] = fmt.Errorf("%v: %s", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		if err == nil {
+			ok++
+		} else if !strings.Contains(err.Error(), "busy") {
+			t.Errorf("the second deploy of one app failed without saying the app is busy: %v", err)
+		}
+	}
+	if ok == 0 {
+		t.Fatalf("neither deploy of the same app went through: %v", errs)
+	}
+	a := robot.AwaitHealthy(t, nav.app)
+	if n := len(robot.Containers(t, nav.app)); n != 1 {
+		t.Errorf("%s has %d containers after two deploys at once", nav.app, n)
+	}
+	got, _ := Get("http://127.0.0.1:" + nav.port + "/")
+	if got != "version=2\n" && got != "version=3\n" {
+		t.Errorf("%s answers %q after two deploys at once (release %s)", nav.app, got, a.Release)
 	}
 }
