@@ -68,6 +68,8 @@ type deployResult struct {
 	NoChange bool          `json:"no_change"`
 	Error    string        `json:"error,omitempty"`
 	Seconds  float64       `json:"seconds"`
+	// Transfer is what moving the images cost (absent with --no-push).
+	Transfer []pushResult `json:"transfer,omitempty"`
 }
 
 func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
@@ -84,6 +86,7 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 		return err
 	}
 	defer cl.Close()
+	var moved []pushResult
 	if !f.noPush {
 		var images []string
 		seen := map[string]bool{}
@@ -93,7 +96,7 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 				images = append(images, img)
 			}
 		}
-		if _, err := push(ctx, cl, images, out, f.json, true); err != nil {
+		if moved, err = push(ctx, cl, images, out, f.json, true); err != nil {
 			return fmt.Errorf("deploy %s: sending images: %w", app, err)
 		}
 	}
@@ -102,7 +105,7 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("deploy %s to %s: %w", app, f.to, err)
 	}
-	res := deployResult{App: app, Release: resp.Release, Version: resp.Version, Result: release.PhaseIdle, NoChange: resp.NoChange}
+	res := deployResult{App: app, Release: resp.Release, Version: resp.Version, Result: release.PhaseIdle, NoChange: resp.NoChange, Transfer: moved}
 	if !f.json {
 		fmt.Fprintf(out, "deploying %s %s (release %s) to %s\n", app, resp.Version, release.ShortID(resp.Release), f.to)
 	}

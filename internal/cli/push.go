@@ -88,7 +88,7 @@ func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Wri
 			return
 		}
 		last = time.Now()
-		say("  send: %s of %s changed, %s on the wire, %s/s, ETA %s", mib(p.Done), mib(p.Total), mib(p.Wire), mib(int64(p.Rate)), p.ETA.Round(time.Second))
+		say("  send: %s of %s changed, %s on the wire, %s/s, ETA %s", transfer.Human(p.Done), transfer.Human(p.Total), transfer.Human(p.Wire), transfer.Human(int64(p.Rate)), p.ETA.Round(time.Second))
 	}}
 	info, err := cl.ContentInfo(ctx)
 	if err != nil {
@@ -228,18 +228,9 @@ func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfe
 
 func report(say func(string, ...any), s *transfer.Summary) {
 	say("  done: %d images, %d of %d layers needed; %s changed, %s sent; %s loaded; export %.1fs, read %.1fs, send %.1fs, load %.1fs",
-		len(s.Images), s.LayersNeeded, s.Layers, mib(s.BytesChanged), mib(s.BytesSent), mib(s.BytesLoaded), s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
+		len(s.Images), s.LayersNeeded, s.Layers, transfer.Human(s.BytesChanged), transfer.Human(s.BytesSent), transfer.Human(s.BytesLoaded), s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
 }
 
-func mib(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
 
 // cacheStore opens the sender's local content cache ($BERTH_CACHE, else the
 // user cache directory).

@@ -28,22 +28,43 @@ type Device interface {
 // Summary says what a push moved. BytesSent counts what the sender wrote
 // into the exchange (pieces, indexes, requests); SSH or TLS framing comes on top.
 type Summary struct {
-	Images       []string `json:"images"`
+	Images       []string       `json:"images"`
+	PerImage     []ImageSummary `json:"per_image"`
+	Layers       int            `json:"layers"`
+	LayersNeeded int            `json:"layers_needed"` // layers the device's engine lacked
+	PiecesSent   int            `json:"pieces_sent"`
+	DeltaFiles   int            `json:"delta_files"`   // changed files sent as binary deltas
+	IndexBytes   int64          `json:"index_bytes"`   // layer indexes (tar headers and piece lists), as sent
+	AskBytes     int64          `json:"ask_bytes"`     // the question "which of these pieces do you lack?"
+	DeltaBytes   int64          `json:"delta_bytes"`   // binary deltas of changed files, as sent
+	BytesChanged int64          `json:"bytes_changed"` // uncompressed bytes of the pieces the device lacked
+	BytesSent    int64          `json:"bytes_sent"`
+	BytesLoaded  int64          `json:"bytes_loaded"`
+	CacheHit     bool           `json:"cache_hit,omitempty"` // the images came from the sender's cache, not read again
+	SaveSeconds  float64        `json:"save_seconds"`        // the local engine exporting the images (docker save) before the first byte
+	ReadSeconds  float64        `json:"read_seconds"`        // reading, hashing and splitting the layers`
+	SendSeconds  float64        `json:"send_seconds"`
+	LoadSeconds  float64        `json:"load_seconds"`
+}
+
+// ImageSummary is one image's part of a push.
+type ImageSummary struct {
+	ID           string   `json:"id"`
+	Tags         []string `json:"tags,omitempty"`
 	Layers       int      `json:"layers"`
 	LayersNeeded int      `json:"layers_needed"` // layers the device's engine lacked
-	PiecesSent   int      `json:"pieces_sent"`
-	DeltaFiles   int      `json:"delta_files"`   // changed files sent as binary deltas
-	IndexBytes   int64    `json:"index_bytes"`   // layer indexes (tar headers and piece lists), as sent
-	AskBytes     int64    `json:"ask_bytes"`     // the question "which of these pieces do you lack?"
-	DeltaBytes   int64    `json:"delta_bytes"`   // binary deltas of changed files, as sent
-	BytesChanged int64    `json:"bytes_changed"` // uncompressed bytes of the pieces the device lacked
-	BytesSent    int64    `json:"bytes_sent"`
-	BytesLoaded  int64    `json:"bytes_loaded"`
-	CacheHit     bool     `json:"cache_hit,omitempty"` // the images came from the sender's cache, not read again
-	SaveSeconds  float64  `json:"save_seconds"`        // the local engine exporting the images (docker save) before the first byte
-	ReadSeconds  float64  `json:"read_seconds"`        // reading, hashing and splitting the layers`
-	SendSeconds  float64  `json:"send_seconds"`
-	LoadSeconds  float64  `json:"load_seconds"`
+	BytesChanged int64    `json:"bytes_changed"` // uncompressed bytes of its pieces the device lacked
+}
+
+// Human prints a byte count for people.
+func Human(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 // Progress is reported while pieces go out.
@@ -229,10 +250,38 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 			sizes[p.Digest] = int64(p.Size)
 		}
 	}
+	missingSet := map[content.Digest]bool{}
 	for _, d := range missing {
 		sum.BytesChanged += sizes[d]
+		missingSet[d] = true
 	}
-	total = sum.BytesChanged // upper bound for the compressed size
+	total = sum.BytesChanged
+	// Per image: what it needs (layers it shares with another image of the
+	// push count for both).
+	sending := map[string]*content.Index{}
+	for _, ix := range send {
+		sending[ix.DiffID.String()] = ix
+	}
+	for _, img := range imgs {
+		is := ImageSummary{ID: img.ID, Tags: img.Tags, Layers: len(img.DiffIDs)}
+		counted := map[content.Digest]bool{}
+		for i, ch := range imagetar.ChainIDs(img.DiffIDs) {
+			if chains[ch] {
+				continue
+			}
+			is.LayersNeeded++
+			if ix := sending[img.DiffIDs[i]]; ix != nil {
+				for _, p := range ix.Pieces() {
+					if missingSet[p.Digest] && !counted[p.Digest] {
+						counted[p.Digest] = true
+						is.BytesChanged += int64(p.Size)
+					}
+				}
+			}
+		}
+		sum.PerImage = append(sum.PerImage, is)
+		s.progress(Progress{Stage: "plan", Message: fmt.Sprintf("image %s: %d of %d layers needed, %s changed", tagOrID(img), is.LayersNeeded, is.Layers, Human(is.BytesChanged))})
+	}
 	if info.StateFree > 0 && uint64(total)+info.MinFree > info.StateFree {
 		return nil, fmt.Errorf("the device has %d MiB free for its content store and needs up to %d MiB (plus %d MiB kept free); nothing was sent, the running release is untouched; free space on the device: %w", info.StateFree>>20, total>>20, info.MinFree>>20, release.ErrNoSpace)
 	}
