@@ -231,7 +231,6 @@ func report(say func(string, ...any), s *transfer.Summary) {
 		len(s.Images), s.LayersNeeded, s.Layers, transfer.Human(s.BytesChanged), transfer.Human(s.BytesSent), transfer.Human(s.BytesLoaded), s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
 }
 
-
 // cacheStore opens the sender's local content cache ($BERTH_CACHE, else the
 // user cache directory).
 func cacheStore() (*content.Store, error) {
