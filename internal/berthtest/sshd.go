@@ -17,6 +17,7 @@ import (
 type SSHD struct {
 	Port int
 	Home string // use as HOME for berth
+	PID  int    // the listening sshd; each connection is a child of it
 	dir  string
 	mu   sync.Mutex
 	log  bytes.Buffer
@@ -82,6 +83,7 @@ KbdInteractiveAuthentication no
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	s.PID = cmd.Process.Pid
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {

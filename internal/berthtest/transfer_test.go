@@ -1,16 +1,22 @@
 package berthtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/localapi"
@@ -57,9 +63,14 @@ func (f *flakyDevice) PutPieces(ctx context.Context, frames []byte) (*localapi.P
 // an archive and removes it from the engine (so the device must load it); it
 // returns the archive and the image's tag.
 func bigImage(t *testing.T, env *Env) (string, string) {
+	return sizedImage(t, env, 8<<20)
+}
+
+// sizedImage is bigImage with a layer of size bytes.
+func sizedImage(t *testing.T, env *Env, size int) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	payload := make([]byte, 8<<20)
+	payload := make([]byte, size)
 	rand.Read(payload)
 	write(t, filepath.Join(dir, "payload"), string(payload))
 	write(t, filepath.Join(dir, "Dockerfile"), "FROM "+env.Images["a"]+"\nCOPY payload /payload\n")
@@ -237,4 +248,89 @@ func TestTwoLaptopsAtOnce(t *testing.T) {
 	if got != "version=2\n" && got != "version=3\n" {
 		t.Errorf("%s answers %q after two deploys at once (release %s)", nav.app, got, a.Release)
 	}
+}
+
+// TestPushOverSSHCutAndResumed: the SSH link dies in the middle of a real
+// push (the robot's sshd serving the connection is killed once pieces have
+// started to arrive): the command fails saying to run it again, and the rerun
+// sends only what had not arrived.
+func TestPushOverSSHCutAndResumed(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	sshd := env.NewSSHD(t)
+	if out, err := robot.BerthSSH(t, sshd, "status", "--accept-new-host-key"); err != nil {
+		t.Fatal(err, out)
+	}
+	const size = 96 << 20
+	archive, tag := sizedImage(t, env, size)
+	cache := t.TempDir()
+	pushCmd := func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, filepath.Join(env.Bin, "berth"), "push", archive, "--json", "--to", sshd.Target(robot))
+		cmd.Env = append(os.Environ(), "HOME="+sshd.Home, "BERTH_CACHE="+cache)
+		return cmd
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	cmd := pushCmd(ctx)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pieces := filepath.Join(robot.StateDir, "content", "pieces")
+	cut := false
+	for !cut && ctx.Err() == nil {
+		if n := dirBytes(pieces); n > 16<<20 {
+			// The link dies: the sshd processes serving this connection
+			// (children of the listening sshd) are killed, and with them
+			// the TCP connection and berthd dial-stdio.
+			if o, err := exec.Command("pkill", "-KILL", "-P", strconv.Itoa(sshd.PID)).CombinedOutput(); err != nil {
+				t.Fatalf("pkill the connection's sshd: %v %s", err, o)
+			}
+			cut = true
+			t.Logf("cut the link with %d MiB of pieces on the robot", n>>20)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	err := cmd.Wait()
+	if err == nil {
+		t.Fatalf("the push went through a cut link (%v):\n%s", cmd.ProcessState, out.String())
+	}
+	Contains(t, out.String(), "run the command again")
+	arrived := dirBytes(pieces)
+
+	out.Reset()
+	cmd = pushCmd(ctx)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("rerun: %v\n%s", err, out.String())
+	}
+	var res []struct{ Summary transfer.Summary }
+	if err := json.Unmarshal(out.Bytes()[bytes.IndexByte(out.Bytes(), '['):], &res); err != nil {
+		t.Fatal(err, out.String())
+	}
+	sum := res[0].Summary
+	t.Logf("rerun: %d MiB changed, %d MiB sent (%d MiB had arrived before the cut)", sum.BytesChanged>>20, sum.BytesSent>>20, arrived>>20)
+	if sum.BytesChanged > size-arrived+(8<<20) {
+		t.Errorf("the rerun sent %d MiB of changes; %d MiB of %d had arrived: want only the rest (within one batch)", sum.BytesChanged>>20, arrived>>20, size>>20)
+	}
+	if _, err := docker("image", "inspect", tag); err != nil {
+		t.Errorf("%s not loaded after the rerun", tag)
+	}
+}
+
+// dirBytes adds up the sizes of the files under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
