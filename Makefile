@@ -27,8 +27,13 @@ lint: ## gofmt, go vet, staticcheck (if installed)
 	@command -v staticcheck >/dev/null && staticcheck ./... || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@latest"
 
 fuzz: ## fuzz every decoder of untrusted input for a minute each
-	$(GO) test ./internal/compose -run '^$$' -fuzz FuzzLoad -fuzztime 60s -fuzzminimizetime 1s
-	$(GO) test ./internal/release -run '^$$' -fuzz FuzzDecode -fuzztime 60s
+	$(GO) test ./internal/compose -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 60s -fuzzminimizetime 1s
+	$(GO) test ./internal/release -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s
+	$(GO) test ./internal/content -run '^$$' -fuzz '^FuzzDecodeIndex$$' -fuzztime 60s
+	$(GO) test ./internal/transfer -run '^$$' -fuzz '^FuzzDecodeFrames$$' -fuzztime 60s
+	$(GO) test ./internal/transfer -run '^$$' -fuzz '^FuzzDecodeIndexDelta$$' -fuzztime 60s
+	$(GO) test ./internal/delta -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime 60s
+	$(GO) test ./internal/imagetar -run '^$$' -fuzz '^FuzzOCIManifests$$' -fuzztime 60s
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1

@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strconv"
+)
+
+// nextTarget takes the next target version. Call it first in a transaction
+// that changes targets: on PostgreSQL the counter's row stays locked until
+// the transaction ends, so such transactions commit in version order (a
+// reader that sees version N has seen every change below it) and cannot
+// deadlock over device rows.
+func (db *DB) nextTarget(ctx context.Context, tx *sql.Tx) (int64, error) {
+	var v int64
+	err := tx.QueryRowContext(ctx, "UPDATE counters SET value = value + 1 WHERE name = 'target' RETURNING value").Scan(&v)
+	if err != nil {
+		return 0, fmt.Errorf("next target version: %w", err)
+	}
+	return v, nil
+}
+
+// setTarget gives the devices matched by where (a condition on devices
+// whose arguments start at $2) target version v and announces it.
+func (db *DB) setTarget(ctx context.Context, tx *sql.Tx, v int64, where string, args ...any) error {
+	if _, err := tx.ExecContext(ctx, "UPDATE devices SET target_version = $1 WHERE "+where, append([]any{v}, args...)...); err != nil {
+		return fmt.Errorf("set target version: %w", err)
+	}
+	return db.notify(ctx, tx, TargetsChannel, strconv.FormatInt(v, 10))
+}
+
+// releaseApp returns the app of a fleet's release.
+func releaseApp(ctx context.Context, q querier, fleetID, releaseID string) (string, error) {
+	var app string
+	err := q.QueryRowContext(ctx, "SELECT app FROM releases WHERE fleet_id = $1 AND id = $2", fleetID, releaseID).Scan(&app)
+	if err != nil {
+		return "", notFound(err, "release %s in fleet %s", releaseID, fleetID)
+	}
+	return app, nil
+}
+
+// DeviceApps implements Store.
+func (db *DB) DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, error) {
+	as, err := queryAll(ctx, db.r, func(s scanner) (DeviceApp, error) {
+		var a DeviceApp
+		var updated int64
+		err := s.Scan(&a.App, &a.ReleaseID, &a.Pinned, &updated)
+		a.Updated = fromMicros(updated)
+		return a, err
+	}, "SELECT app, release_id, pinned, updated FROM device_apps WHERE device_id = $1 ORDER BY app", deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("apps of device %s: %w", deviceID, err)
+	}
+	return as, nil
+}
+
+// AssignRelease implements Store.
+func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error) {
+	ids := slices.Clone(deviceIDs)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	var changed []string
+	err := db.inTx(ctx, func(tx *sql.Tx) error {
+		changed = nil
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		app, err := releaseApp(ctx, tx, fleetID, releaseID)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		args := []any{fleetID}
+		for _, id := range ids {
+			args = append(args, id)
+		}
+		var n int
+		err = tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM devices WHERE fleet_id = $1 AND id IN ("+placeholders(2, len(ids))+")", args...).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n != len(ids) {
+			return fmt.Errorf("%d of the %d devices are not in the fleet: %w", len(ids)-n, len(ids), ErrNotFound)
+		}
+		now := micros(db.now())
+		for _, id := range ids {
+			// An insert, or an update unless pinned or already there: a
+			// row is affected only if the target changes.
+			res, err := tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
+				VALUES ($1, $2, $3, $4, FALSE, $5)
+				ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated
+				WHERE device_apps.pinned = FALSE AND device_apps.release_id <> excluded.release_id`,
+				id, app, fleetID, releaseID, now)
+			if err != nil {
+				return fmt.Errorf("device %s: %w", id, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n > 0 {
+				changed = append(changed, id)
+			}
+		}
+		if len(changed) == 0 {
+			return nil
+		}
+		args = []any{}
+		for _, id := range changed {
+			args = append(args, id)
+		}
+		return db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(changed))+")", args...)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("assign release %s of fleet %s: %w", releaseID, fleetID, err)
+	}
+	return changed, nil
+}
+
+// PinRelease implements Store.
+func (db *DB) PinRelease(ctx context.Context, deviceID, releaseID string) error {
+	err := db.inTx(ctx, func(tx *sql.Tx) error {
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		var fleetID string
+		if err := tx.QueryRowContext(ctx, "SELECT fleet_id FROM devices WHERE id = $1", deviceID).Scan(&fleetID); err != nil {
+			return notFound(err, "device %s", deviceID)
+		}
+		// Only a release of the device's own fleet.
+		app, err := releaseApp(ctx, tx, fleetID, releaseID)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
+			VALUES ($1, $2, $3, $4, TRUE, $5)
+			ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, pinned = TRUE, updated = excluded.updated`,
+			deviceID, app, fleetID, releaseID, micros(db.now()))
+		if err != nil {
+			return err
+		}
+		return db.setTarget(ctx, tx, v, "id = $2", deviceID)
+	})
+	if err != nil {
+		return fmt.Errorf("pin device %s to release %s: %w", deviceID, releaseID, err)
+	}
+	return nil
+}
+
+// UnpinApp implements Store.
+func (db *DB) UnpinApp(ctx context.Context, deviceID, app string) error {
+	res, err := db.w.ExecContext(ctx, "UPDATE device_apps SET pinned = FALSE WHERE device_id = $1 AND app = $2", deviceID, app)
+	return mustAffect(res, err, "unpin app %s of device %s", app, deviceID)
+}
+
+// RemoveApp implements Store.
+func (db *DB) RemoveApp(ctx context.Context, deviceID, app string) error {
+	return db.inTx(ctx, func(tx *sql.Tx) error {
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM device_apps WHERE device_id = $1 AND app = $2", deviceID, app)
+		if err := mustAffect(res, err, "remove app %s from device %s", app, deviceID); err != nil {
+			return err
+		}
+		return db.setTarget(ctx, tx, v, "id = $2", deviceID)
+	})
+}
+
+// DeviceRelease implements Store.
+func (db *DB) DeviceRelease(ctx context.Context, deviceID, releaseID string) (Release, error) {
+	r, err := scanRelease(db.r.QueryRowContext(ctx, "SELECT "+releaseColsOf("r")+` FROM releases r
+		JOIN device_apps a ON a.fleet_id = r.fleet_id AND a.release_id = r.id
+		WHERE a.device_id = $1 AND r.id = $2`, deviceID, releaseID))
+	if err != nil {
+		return Release{}, notFound(err, "release %s of device %s", releaseID, deviceID)
+	}
+	return r, nil
+}
+
+// TargetVersion implements Store.
+func (db *DB) TargetVersion(ctx context.Context, deviceID string) (int64, error) {
+	var v int64
+	if err := db.r.QueryRowContext(ctx, "SELECT target_version FROM devices WHERE id = $1", deviceID).Scan(&v); err != nil {
+		return 0, notFound(err, "target version of device %s", deviceID)
+	}
+	return v, nil
+}
+
+// LatestTargetVersion implements Store.
+func (db *DB) LatestTargetVersion(ctx context.Context) (int64, error) {
+	var v int64
+	if err := db.r.QueryRowContext(ctx, "SELECT value FROM counters WHERE name = 'target'").Scan(&v); err != nil {
+		return 0, fmt.Errorf("latest target version: %w", err)
+	}
+	return v, nil
+}
+
+// TargetChanges implements Store.
+func (db *DB) TargetChanges(ctx context.Context, since int64, limit int) ([]TargetChange, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	cs, err := queryAll(ctx, db.r, func(s scanner) (TargetChange, error) {
+		var c TargetChange
+		return c, s.Scan(&c.DeviceID, &c.Version)
+	}, "SELECT id, target_version FROM devices WHERE target_version > $1 ORDER BY target_version, id LIMIT $2", since, limit)
+	if err != nil {
+		return nil, fmt.Errorf("target changes since %d: %w", since, err)
+	}
+	return cs, nil
+}
