@@ -38,6 +38,7 @@ type Agent struct {
 	now     func() time.Time
 
 	mu       sync.Mutex
+	gcMu     sync.Mutex     // one content collection at a time
 	ops      map[string]*op // app → running operation
 	lockWait map[string]release.LockInfo
 	opSeq    uint64

@@ -34,6 +34,11 @@ type Config struct {
 	// MinFreeMB is the free space the agent keeps on the state and engine
 	// disks; a deploy that would go below it is refused (default 256).
 	MinFreeMB uint64 `json:"min_free_mb,omitempty"`
+	// ContentBudgetMB bounds the content store (the pieces kept as bases for
+	// the next transfer): over it, collection keeps only the kept releases'
+	// layers, then only the current ones' (default 4096; 0 in the file
+	// means the default).
+	ContentBudgetMB uint64 `json:"content_budget_mb,omitempty"`
 	// MaintenanceWindows, when set, restrict switches to these local-time
 	// windows: "22:00-06:00", "Sat,Sun 00:00-24:00", "Mon-Fri 12:00-13:00".
 	MaintenanceWindows []string `json:"maintenance_windows,omitempty"`
@@ -50,7 +55,7 @@ func (c *Config) LoadPolicy() error {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(c); err != nil {
-			return fmt.Errorf("%s: %v (fields: settle, verify_timeout, lock_timeout, retain, min_free_mb, maintenance_windows): %w", p, err, release.ErrInvalid)
+			return fmt.Errorf("%s: %v (fields: settle, verify_timeout, lock_timeout, retain, min_free_mb, content_budget_mb, maintenance_windows): %w", p, err, release.ErrInvalid)
 		}
 	}
 	c.defaults()
@@ -75,5 +80,8 @@ func (c *Config) defaults() {
 	}
 	if c.MinFreeMB == 0 {
 		c.MinFreeMB = 256
+	}
+	if c.ContentBudgetMB == 0 {
+		c.ContentBudgetMB = 4096
 	}
 }

@@ -299,25 +299,86 @@ func (a *Agent) serveLoad(w http.ResponseWriter, r *http.Request) {
 // collectContent drops from the content store the layers no image in the
 // engine uses any more, and the pieces only they used. It runs after each
 // commit: the layers of every kept release are in the engine (their images
-// are kept for rollback), so they stay.
+// are kept for rollback), so they stay. Over the content budget it keeps
+// less: the layers of the kept releases, then of the current ones only —
+// what goes costs bytes on a later push, nothing else.
 func (a *Agent) collectContent(ctx context.Context) {
+	a.gcMu.Lock()
+	defer a.gcMu.Unlock()
 	h, err := a.eng.Holdings(ctx)
 	if err != nil {
 		a.log.Warn("content gc skipped", "error", err)
 		return
 	}
-	keep := map[content.Digest]bool{}
+	loaded := map[content.Digest]bool{}
 	for d := range h.DiffIDs {
 		if dd, err := content.ParseDigest(d); err == nil {
-			keep[dd] = true
+			loaded[dd] = true
 		}
 	}
-	st, err := a.content.GC(keep, a.now().Add(-6*time.Hour))
+	policy := content.GCPolicy{Keep: loaded, Loaded: loaded, NotBefore: a.now().Add(-6 * time.Hour)}
+	st, err := a.content.GC(policy)
+	budget := int64(a.cfg.ContentBudgetMB) << 20
+	for _, current := range []bool{false, true} {
+		if err != nil || budget <= 0 || st.BytesKept <= budget {
+			break
+		}
+		keep, kerr := a.releaseLayers(ctx, current)
+		if kerr != nil {
+			a.log.Warn("content budget not applied", "error", kerr)
+			break
+		}
+		policy.Keep = keep
+		var more content.GCStats
+		more, err = a.content.GC(policy)
+		st.LayersRemoved += more.LayersRemoved
+		st.PiecesRemoved += more.PiecesRemoved
+		st.BytesFreed += more.BytesFreed
+		st.BytesKept = more.BytesKept
+	}
 	if err != nil {
 		a.log.Warn("content gc", "error", err)
 		return
 	}
 	if st.LayersRemoved+st.PiecesRemoved > 0 {
-		a.log.Info("content gc", "layers_removed", st.LayersRemoved, "pieces_removed", st.PiecesRemoved, "freed_mib", st.BytesFreed>>20, "kept_mib", st.BytesKept>>20)
+		a.log.Info("content gc", "layers_removed", st.LayersRemoved, "pieces_removed", st.PiecesRemoved, "freed_mib", st.BytesFreed>>20, "kept_mib", st.BytesKept>>20, "budget_mib", a.cfg.ContentBudgetMB)
 	}
+}
+
+// releaseLayers returns the layers of the images of every app's kept
+// releases, or of the current releases only.
+func (a *Agent) releaseLayers(ctx context.Context, currentOnly bool) (map[content.Digest]bool, error) {
+	apps, err := a.store.apps()
+	if err != nil {
+		return nil, err
+	}
+	keep := map[content.Digest]bool{}
+	for _, app := range apps {
+		rec, err := a.store.record(app)
+		if err != nil {
+			return nil, err
+		}
+		ids := rec.Kept
+		if currentOnly {
+			ids = []string{rec.Current}
+		}
+		for _, id := range ids {
+			rel, err := a.store.release(app, id)
+			if err != nil || rel == nil {
+				continue // an unreadable record keeps nothing extra
+			}
+			for _, svc := range rel.Spec.Services {
+				img, err := a.eng.Image(ctx, svc.ImageID)
+				if err != nil {
+					continue
+				}
+				for _, d := range img.DiffIDs {
+					if dd, err := content.ParseDigest(d); err == nil {
+						keep[dd] = true
+					}
+				}
+			}
+		}
+	}
+	return keep, nil
 }

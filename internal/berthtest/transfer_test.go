@@ -334,3 +334,56 @@ func dirBytes(dir string) int64 {
 	})
 	return n
 }
+
+// TestContentBudget: over its content budget the device keeps in its store
+// only the layers of the current release; the previous release's layers go
+// (its image stays in the engine for rollback), and a push still works.
+func TestContentBudget(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDeviceWithPolicy(t, `{"settle": "1s", "verify_timeout": "20s", "content_budget_mb": 1}`)
+	port := FreePort(t)
+	top := func(tag string) string {
+		out, err := docker("image", "inspect", "-f", "{{range .RootFS.Layers}}{{.}} {{end}}", tag)
+		if err != nil {
+			t.Fatal(err, out)
+		}
+		ls := strings.Fields(out)
+		return strings.TrimPrefix(ls[len(ls)-1], "sha256:")
+	}
+	indexPath := func(hex string) string { return filepath.Join(robot.StateDir, "content", "layers", hex) }
+	var layers []string
+	for _, v := range []string{"1", "2"} {
+		archive, tag := bigImage(t, env)
+		if out, err := robot.BerthEnv(t, []string{"BERTH_CACHE=" + t.TempDir()}, "push", archive); err != nil {
+			t.Fatal(err, out)
+		}
+		robot.MustDeploy(t, "app", strings.Replace(web(port, v), "${IMG_A}", tag, 1))
+		layers = append(layers, top(tag))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, errOld := os.Stat(indexPath(layers[0]))
+		_, errNew := os.Stat(indexPath(layers[1]))
+		if errNew != nil {
+			t.Fatalf("the current release's layer left the store: %v", errNew)
+		}
+		if errors.Is(errOld, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("over budget, the previous release's layer is still in the store (%d KiB of pieces)", dirBytes(filepath.Join(robot.StateDir, "content", "pieces"))>>10)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := dirBytes(filepath.Join(robot.StateDir, "content", "pieces")); n > 12<<20 {
+		t.Errorf("%d MiB of pieces kept; want about one 8 MiB layer", n>>20)
+	}
+	// Rollback still works: the engine kept the image.
+	if out, err := robot.Berth(t, "rollback", "--app", "app"); err != nil {
+		t.Fatal(err, out)
+	}
+	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
+		t.Fatalf("after rollback answers %q", got)
+	}
+}

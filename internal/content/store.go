@@ -184,34 +184,49 @@ type GCStats struct {
 	BytesFreed, BytesKept        int64
 }
 
-// GC removes the layer indexes not in keep and every piece no kept layer
-// uses, except indexes and pieces written after notBefore: those may belong
-// to a transfer still under way, whose layer is not loaded yet.
-func (s *Store) GC(keep map[Digest]bool, notBefore time.Time) (GCStats, error) {
+// GCPolicy says what a collection keeps.
+type GCPolicy struct {
+	// Keep: layers whose indexes and pieces stay.
+	Keep map[Digest]bool
+	// Loaded: layers the engine holds. Their indexes and pieces, unless
+	// kept, go whatever their age: no transfer is waiting to load them.
+	Loaded map[Digest]bool
+	// NotBefore: other indexes, and pieces no index uses, written after it
+	// stay; they may belong to a transfer still under way.
+	NotBefore time.Time
+}
+
+// GC removes the layer indexes the policy does not keep, and the pieces no
+// kept index uses (see GCPolicy for what a transfer under way keeps).
+func (s *Store) GC(p GCPolicy) (GCStats, error) {
 	var st GCStats
 	layers, err := s.Layers()
 	if err != nil {
 		return st, err
 	}
-	used := map[Digest]bool{}
+	used := map[Digest]bool{}    // by a kept index
+	dropped := map[Digest]bool{} // by a removed index
 	for _, l := range layers {
-		fresh := false
-		if fi, err := os.Stat(s.layerPath(l)); err == nil && fi.ModTime().After(notBefore) {
-			fresh = true // a transfer may be about to load it
-		}
-		if !keep[l] && !fresh {
-			if err := os.Remove(s.layerPath(l)); err != nil {
-				return st, err
-			}
-			st.LayersRemoved++
-			continue
-		}
 		ix, err := s.Index(l)
 		if err != nil {
 			return st, fmt.Errorf("gc: %w (nothing removed)", err)
 		}
-		for _, p := range ix.Pieces() {
-			used[p.Digest] = true
+		fresh := false
+		if fi, err := os.Stat(s.layerPath(l)); err == nil && fi.ModTime().After(p.NotBefore) && !p.Loaded[l] {
+			fresh = true // a transfer may be about to load it
+		}
+		if p.Keep[l] || fresh {
+			for _, pc := range ix.Pieces() {
+				used[pc.Digest] = true
+			}
+			continue
+		}
+		if err := os.Remove(s.layerPath(l)); err != nil {
+			return st, err
+		}
+		st.LayersRemoved++
+		for _, pc := range ix.Pieces() {
+			dropped[pc.Digest] = true
 		}
 	}
 	err = filepath.WalkDir(filepath.Join(s.dir, "pieces"), func(path string, de fs.DirEntry, err error) error {
@@ -223,7 +238,7 @@ func (s *Store) GC(keep map[Digest]bool, notBefore time.Time) (GCStats, error) {
 		if perr != nil || ierr != nil {
 			return nil
 		}
-		if used[d] || info.ModTime().After(notBefore) {
+		if used[d] || (!dropped[d] && info.ModTime().After(p.NotBefore)) {
 			st.BytesKept += info.Size()
 			return nil
 		}

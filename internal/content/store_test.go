@@ -61,24 +61,40 @@ func TestStore(t *testing.T) {
 	if err := s.Put(Sum([]byte("orphan")), []byte("orphan")); err != nil {
 		t.Fatal(err)
 	}
-	st, err := s.GC(map[Digest]bool{ix.DiffID: true}, time.Now().Add(-time.Hour))
+	st, err := s.GC(GCPolicy{Keep: map[Digest]bool{ix.DiffID: true}, NotBefore: time.Now().Add(-time.Hour)})
 	if err != nil || st.PiecesRemoved != 0 {
 		t.Fatalf("GC removed a fresh piece (a transfer may be under way): %+v %v", st, err)
 	}
 	// A fresh index is kept with its pieces even when no image uses it yet:
 	// its transfer may be about to load it.
-	st, err = s.GC(nil, time.Now().Add(-time.Hour))
+	st, err = s.GC(GCPolicy{NotBefore: time.Now().Add(-time.Hour)})
 	if err != nil || st.LayersRemoved != 0 || st.PiecesRemoved != 0 {
 		t.Fatalf("GC removed a fresh index: %+v %v", st, err)
 	}
 	if _, err := s.Index(ix.DiffID); err != nil {
 		t.Fatal(err)
 	}
-	st, err = s.GC(map[Digest]bool{ix.DiffID: true}, time.Now().Add(time.Minute))
+	// A fresh index of a layer the engine holds goes when not kept, with
+	// its pieces, fresh as they are; the fresh orphan piece stays.
+	if err := s.PutIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	before := len(ix.Pieces())
+	st, err = s.GC(GCPolicy{Loaded: map[Digest]bool{ix.DiffID: true}, NotBefore: time.Now().Add(-time.Hour)})
+	if err != nil || st.LayersRemoved != 1 || st.PiecesRemoved == 0 || st.PiecesRemoved > before || !s.Has(Sum([]byte("orphan"))) {
+		t.Fatalf("GC of a loaded, unkept layer: %+v %v", st, err)
+	}
+	if _, err := Split(bytes.NewReader(data), s.Put); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	st, err = s.GC(GCPolicy{Keep: map[Digest]bool{ix.DiffID: true}, NotBefore: time.Now().Add(time.Minute)})
 	if err != nil || st.PiecesRemoved != 1 {
 		t.Fatalf("GC: %+v %v", st, err)
 	}
-	st, err = s.GC(nil, time.Now().Add(time.Minute))
+	st, err = s.GC(GCPolicy{NotBefore: time.Now().Add(time.Minute)})
 	if err != nil || st.LayersRemoved != 1 || st.BytesKept != 0 {
 		t.Fatalf("GC of everything: %+v %v", st, err)
 	}
