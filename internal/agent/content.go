@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,10 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/berth-robotics/berth/internal/content"
-	"github.com/berth-robotics/berth/internal/delta"
 	"github.com/berth-robotics/berth/internal/imagetar"
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
@@ -58,155 +54,41 @@ func (a *Agent) serveContentInfo(w http.ResponseWriter, r *http.Request) {
 // serveMissing answers which of the posted digests the store lacks.
 func (a *Agent) serveMissing(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
-	if err != nil || len(body)%32 != 0 {
-		writeError(w, fmt.Errorf("missing: want concatenated 32-byte digests: %w", release.ErrInvalid))
+	if err != nil {
+		writeError(w, fmt.Errorf("missing: %v: %w", err, release.ErrInvalid))
 		return
 	}
-	var out []byte
-	for i := 0; i < len(body); i += 32 {
-		var d content.Digest
-		copy(d[:], body[i:i+32])
-		if !a.content.Has(d) {
-			out = append(out, d[:]...)
-		}
+	out, err := transfer.Receiver{Store: a.content}.Missing(body)
+	if err != nil {
+		writeError(w, err)
+		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(out)
 }
 
 // servePieces stores one batch; every piece is checked against its digest.
-// Pieces stored before a bad one stay stored.
 func (a *Agent) servePieces(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
 	if err != nil {
 		writeError(w, fmt.Errorf("pieces: %v: %w", err, release.ErrInvalid))
 		return
 	}
-	var resp localapi.PutPiecesResponse
-	err = transfer.DecodeFrames(body, func(f transfer.Frame) error {
-		if f.Kind == transfer.KindDelta {
-			n, err := a.putDelta(f)
-			if err != nil {
-				return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
-			}
-			resp.Stored += n
-			resp.Bytes += int64(len(f.Data))
-			return nil
-		}
-		put := a.content.PutCompressed
-		if f.Kind == transfer.KindRaw {
-			put = a.content.Put
-		}
-		if err := put(f.Digest, f.Data); err != nil {
-			if errors.Is(err, content.ErrCorrupt) {
-				return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
-			}
-			return err
-		}
-		resp.Stored++
-		resp.Bytes += int64(len(f.Data))
-		return nil
-	})
+	resp, err := transfer.Receiver{Store: a.content}.PutBatch(body)
 	reply(w, resp, err)
 }
 
-// maxDeltaFile bounds the old and new file a delta frame may name.
-const maxDeltaFile = 256 << 20
-
-// putDelta rebuilds a changed file from its old version (pieces the store
-// holds) and a binary delta, and stores the new file's pieces, each checked
-// against its digest.
-func (a *Agent) putDelta(f transfer.Frame) (int, error) {
-	var base []byte
-	for _, p := range f.Base {
-		b, err := a.content.Get(p.Digest)
-		if err != nil {
-			return 0, fmt.Errorf("delta base: %w", err)
-		}
-		if base = append(base, b...); len(base) > maxDeltaFile {
-			return 0, fmt.Errorf("delta base larger than %d MiB", maxDeltaFile>>20)
-		}
-	}
-	var total int
-	for _, p := range f.Targets {
-		total += int(p.Size)
-	}
-	if total > maxDeltaFile {
-		return 0, fmt.Errorf("delta target larger than %d MiB", maxDeltaFile>>20)
-	}
-	out, err := delta.Patch(base, f.Data, total)
-	if err != nil {
-		return 0, err
-	}
-	if len(out) != total {
-		return 0, fmt.Errorf("delta produced %d bytes, the pieces add up to %d: %w", len(out), total, content.ErrCorrupt)
-	}
-	for _, p := range f.Targets {
-		if err := a.content.Put(p.Digest, out[:p.Size]); err != nil {
-			return 0, err
-		}
-		out = out[p.Size:]
-	}
-	return len(f.Targets), nil
-}
-
-// maxIndex bounds a layer index rebuilt from a delta.
-const maxIndex = 512 << 20
-
-// serveIndex stores a layer index once all its pieces are here. The body is
-// the index zstd-compressed, or with ?base=<diffID> zstd-compressed with the
-// index of a layer the store holds as its dictionary (transfer.EncodeIndexDelta).
+// serveIndex stores a layer index once all its pieces are here
+// (transfer.Receiver.PutIndex; ?base=<diffID> names a delta's base).
 func (a *Agent) serveIndex(w http.ResponseWriter, r *http.Request) {
-	want, err := content.ParseDigest(r.PathValue("diffid"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	z, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
 	if err != nil {
 		writeError(w, fmt.Errorf("index: %v: %w", err, release.ErrInvalid))
 		return
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxBatch))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	defer dec.Close()
-	var raw []byte
-	if b := r.URL.Query().Get("base"); b != "" {
-		bd, err := content.ParseDigest(b)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		base, err := a.content.Index(bd)
-		if err != nil {
-			writeError(w, fmt.Errorf("index %s: its delta base: %w", want, err))
-			return
-		}
-		if raw, err = transfer.DecodeIndexDelta(base.Encode(), z, maxIndex); err != nil {
-			writeError(w, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid))
-			return
-		}
-	} else if raw, err = dec.DecodeAll(z, nil); err != nil {
-		writeError(w, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid))
-		return
-	}
-	ix, err := content.DecodeIndex(raw)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if ix.DiffID != want {
-		writeError(w, fmt.Errorf("index names layer %s, not %s: %w", ix.DiffID, want, release.ErrInvalid))
-		return
-	}
-	if m := a.content.Missing(ix); len(m) > 0 {
-		writeError(w, fmt.Errorf("layer %s: %d of its pieces have not arrived; send them first: %w", want, len(m), release.ErrConflict))
-		return
-	}
-	reply(w, map[string]string{"layer": want.String()}, a.content.PutIndex(ix))
+	diffID := r.PathValue("diffid")
+	err = transfer.Receiver{Store: a.content}.PutIndex(diffID, body, r.URL.Query().Get("base"))
+	reply(w, map[string]string{"layer": diffID}, err)
 }
 
 // Load rebuilds the layers the engine lacks from the content store and loads

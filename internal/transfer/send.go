@@ -439,9 +439,9 @@ func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
 	return out
 }
 
-// maxDeltaFile: larger files go as pieces (the suffix array costs 8 bytes a
+// maxSendDelta: larger files go as pieces (the suffix array costs 8 bytes a
 // byte of the old file).
-const maxDeltaFile = 64 << 20
+const maxSendDelta = 64 << 20
 
 // frames turns the missing pieces into frames and hands each to add with the
 // uncompressed bytes it carries: a changed file whose path the device holds
@@ -508,7 +508,7 @@ func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []
 // deltaFrame makes a delta from base to e when that is smaller than e's
 // missing pieces compressed.
 func (s *Sender) deltaFrame(e, base content.Entry, want []content.Digest) (Frame, bool) {
-	if base.Size == 0 || base.Size > maxDeltaFile || e.Size > maxDeltaFile {
+	if base.Size == 0 || base.Size > maxSendDelta || e.Size > maxSendDelta {
 		return Frame{}, false
 	}
 	full := 0

@@ -11,13 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/berth-robotics/berth/internal/content"
-	"github.com/berth-robotics/berth/internal/delta"
 	"github.com/berth-robotics/berth/internal/imagetar"
 	"github.com/berth-robotics/berth/internal/localapi"
-	"github.com/berth-robotics/berth/internal/release"
 )
 
 // storeDevice is a device reduced to its content store: the edge the
@@ -37,83 +33,17 @@ func (d *storeDevice) ContentInfo(context.Context) (*localapi.ContentInfo, error
 }
 
 func (d *storeDevice) Missing(_ context.Context, q []byte) ([]byte, error) {
-	var out []byte
-	for i := 0; i+32 <= len(q); i += 32 {
-		d.asked++
-		var dg content.Digest
-		copy(dg[:], q[i:i+32])
-		if !d.store.Has(dg) {
-			out = append(out, dg[:]...)
-		}
-	}
-	return out, nil
+	d.asked += len(q) / 32
+	return Receiver{Store: d.store}.Missing(q)
 }
 
 func (d *storeDevice) PutPieces(_ context.Context, b []byte) (*localapi.PutPiecesResponse, error) {
-	err := DecodeFrames(b, func(f Frame) error {
-		switch f.Kind {
-		case KindPiece:
-			return d.store.PutCompressed(f.Digest, f.Data)
-		case KindRaw:
-			return d.store.Put(f.Digest, f.Data)
-		}
-		var old []byte
-		for _, p := range f.Base {
-			b, err := d.store.Get(p.Digest)
-			if err != nil {
-				return err
-			}
-			old = append(old, b...)
-		}
-		nw, err := delta.Patch(old, f.Data, 1<<30)
-		if err != nil {
-			return err
-		}
-		for _, p := range f.Targets {
-			if len(nw) < int(p.Size) {
-				return fmt.Errorf("delta too short")
-			}
-			if err := d.store.Put(p.Digest, nw[:p.Size]); err != nil {
-				return err
-			}
-			nw = nw[p.Size:]
-		}
-		return nil
-	})
-	return &localapi.PutPiecesResponse{}, err
+	resp, err := Receiver{Store: d.store}.PutBatch(b)
+	return &resp, err
 }
 
 func (d *storeDevice) PutIndex(_ context.Context, diffID string, body []byte, base string) error {
-	var raw []byte
-	var err error
-	if base != "" {
-		bd, _ := content.ParseDigest(base)
-		b, err := d.store.Index(bd)
-		if err != nil {
-			return err
-		}
-		raw, err = DecodeIndexDelta(b.Encode(), body, 1<<30)
-		if err != nil {
-			return err
-		}
-	} else {
-		dec, _ := zstd.NewReader(nil)
-		defer dec.Close()
-		if raw, err = dec.DecodeAll(body, nil); err != nil {
-			return err
-		}
-	}
-	ix, err := content.DecodeIndex(raw)
-	if err != nil {
-		return err
-	}
-	if ix.DiffID.String() != diffID {
-		return fmt.Errorf("index of %s sent as %s", ix.DiffID, diffID)
-	}
-	if m := d.store.Missing(ix); len(m) > 0 {
-		return fmt.Errorf("%d pieces missing: %w", len(m), release.ErrConflict)
-	}
-	return d.store.PutIndex(ix)
+	return Receiver{Store: d.store}.PutIndex(diffID, body, base)
 }
 
 func (d *storeDevice) Load(context.Context, localapi.LoadRequest) (*localapi.LoadResponse, error) {
