@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/berth-robotics/berth/internal/transfer"
 )
 
 var methods = []string{"registry", "save", "berth"}
@@ -45,21 +47,8 @@ type measurement struct {
 type berthSummary struct {
 	Push   json.RawMessage `json:"push"`
 	Deploy json.RawMessage `json:"deploy"`
-	// From push's summary:
-	Layers       int     `json:"layers"`
-	LayersNeeded int     `json:"layers_needed"`
-	PiecesSent   int     `json:"pieces_sent"`
-	DeltaFiles   int     `json:"delta_files"`
-	IndexBytes   int64   `json:"index_bytes"`
-	AskBytes     int64   `json:"ask_bytes"`
-	DeltaBytes   int64   `json:"delta_bytes"`
-	BytesChanged int64   `json:"bytes_changed"`
-	BytesSent    int64   `json:"bytes_sent"`
-	BytesLoaded  int64   `json:"bytes_loaded"`
-	SaveSeconds  float64 `json:"save_seconds"`
-	ReadSeconds  float64 `json:"read_seconds"`
-	SendSeconds  float64 `json:"send_seconds"`
-	LoadSeconds  float64 `json:"load_seconds"`
+	// push's summaries, added up.
+	transfer.Summary
 	// deploy's own time (switch: preflight, start, health, commit).
 	DeploySeconds float64 `json:"deploy_seconds"`
 	// With -progress: push's progress lines, timestamped from the command's
@@ -342,22 +331,7 @@ func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (
 	}
 	var pr []struct {
 		Skipped string
-		Summary *struct {
-			Layers       int     `json:"layers"`
-			LayersNeeded int     `json:"layers_needed"`
-			PiecesSent   int     `json:"pieces_sent"`
-			DeltaFiles   int     `json:"delta_files"`
-			IndexBytes   int64   `json:"index_bytes"`
-			AskBytes     int64   `json:"ask_bytes"`
-			DeltaBytes   int64   `json:"delta_bytes"`
-			BytesChanged int64   `json:"bytes_changed"`
-			BytesSent    int64   `json:"bytes_sent"`
-			BytesLoaded  int64   `json:"bytes_loaded"`
-			SaveSeconds  float64 `json:"save_seconds"`
-			ReadSeconds  float64 `json:"read_seconds"`
-			SendSeconds  float64 `json:"send_seconds"`
-			LoadSeconds  float64 `json:"load_seconds"`
-		}
+		Summary *transfer.Summary
 	}
 	if err := json.Unmarshal([]byte(push), &pr); err != nil && !progress {
 		return nil, fmt.Errorf("berth push --json: %w: %s", err, push)
@@ -366,20 +340,7 @@ func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (
 		if p.Summary == nil {
 			return nil, fmt.Errorf("berth push sent nothing (%s): the robot had the image already?", p.Skipped)
 		}
-		s.Layers += p.Summary.Layers
-		s.LayersNeeded += p.Summary.LayersNeeded
-		s.PiecesSent += p.Summary.PiecesSent
-		s.DeltaFiles += p.Summary.DeltaFiles
-		s.IndexBytes += p.Summary.IndexBytes
-		s.AskBytes += p.Summary.AskBytes
-		s.DeltaBytes += p.Summary.DeltaBytes
-		s.SaveSeconds += p.Summary.SaveSeconds
-		s.BytesChanged += p.Summary.BytesChanged
-		s.BytesSent += p.Summary.BytesSent
-		s.BytesLoaded += p.Summary.BytesLoaded
-		s.ReadSeconds += p.Summary.ReadSeconds
-		s.SendSeconds += p.Summary.SendSeconds
-		s.LoadSeconds += p.Summary.LoadSeconds
+		s.Summary.Add(p.Summary)
 	}
 	var dr struct {
 		Result  string  `json:"result"`

@@ -47,6 +47,27 @@ type Summary struct {
 	LoadSeconds  float64        `json:"load_seconds"`
 }
 
+// Add adds o's figures to s (several pushes, one total).
+func (s *Summary) Add(o *Summary) {
+	s.Images = append(s.Images, o.Images...)
+	s.PerImage = append(s.PerImage, o.PerImage...)
+	s.Layers += o.Layers
+	s.LayersNeeded += o.LayersNeeded
+	s.PiecesSent += o.PiecesSent
+	s.DeltaFiles += o.DeltaFiles
+	s.IndexBytes += o.IndexBytes
+	s.AskBytes += o.AskBytes
+	s.DeltaBytes += o.DeltaBytes
+	s.BytesChanged += o.BytesChanged
+	s.BytesSent += o.BytesSent
+	s.BytesLoaded += o.BytesLoaded
+	s.CacheHit = s.CacheHit || o.CacheHit
+	s.SaveSeconds += o.SaveSeconds
+	s.ReadSeconds += o.ReadSeconds
+	s.SendSeconds += o.SendSeconds
+	s.LoadSeconds += o.LoadSeconds
+}
+
 // ImageSummary is one image's part of a push.
 type ImageSummary struct {
 	ID           string   `json:"id"`
