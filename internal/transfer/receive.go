@@ -118,42 +118,52 @@ func (r Receiver) putDelta(f Frame) (int, error) {
 // zstd-compressed, or, with base (a diffID whose index the store holds),
 // EncodeIndexDelta's output against that index.
 func (r Receiver) PutIndex(diffID string, body []byte, base string) error {
-	want, err := content.ParseDigest(diffID)
+	ix, err := decodeIndex(r.Store, diffID, body, base)
 	if err != nil {
 		return err
+	}
+	if m := r.Store.Missing(ix); len(m) > 0 {
+		return fmt.Errorf("layer %s: %d of its pieces have not arrived; send them first: %w", ix.DiffID, len(m), release.ErrConflict)
+	}
+	return r.Store.PutIndex(ix)
+}
+
+// decodeIndex decodes an index as encodeIndex made it, checking it names
+// diffID.
+func decodeIndex(store *content.Store, diffID string, body []byte, base string) (*content.Index, error) {
+	want, err := content.ParseDigest(diffID)
+	if err != nil {
+		return nil, err
 	}
 	var raw []byte
 	if base != "" {
 		bd, err := content.ParseDigest(base)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		b, err := r.Store.Index(bd)
+		b, err := store.Index(bd)
 		if err != nil {
-			return fmt.Errorf("index %s: its delta base: %w", want, err)
+			return nil, fmt.Errorf("index %s: its delta base: %w", want, err)
 		}
 		if raw, err = DecodeIndexDelta(b.Encode(), body, maxIndex); err != nil {
-			return fmt.Errorf("index %s: %w", want, err)
+			return nil, fmt.Errorf("index %s: %w", want, err)
 		}
 	} else {
 		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxIndex))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer dec.Close()
 		if raw, err = dec.DecodeAll(body, nil); err != nil {
-			return fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid)
+			return nil, fmt.Errorf("index %s: %v: %w", want, err, release.ErrInvalid)
 		}
 	}
 	ix, err := content.DecodeIndex(raw)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ix.DiffID != want {
-		return fmt.Errorf("index names layer %s, not %s: %w", ix.DiffID, want, release.ErrInvalid)
+		return nil, fmt.Errorf("index names layer %s, not %s: %w", ix.DiffID, want, release.ErrInvalid)
 	}
-	if m := r.Store.Missing(ix); len(m) > 0 {
-		return fmt.Errorf("layer %s: %d of its pieces have not arrived; send them first: %w", want, len(m), release.ErrConflict)
-	}
-	return r.Store.PutIndex(ix)
+	return ix, nil
 }

@@ -357,7 +357,7 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		}
 		return nil
 	}
-	if err := s.frames(send, missing, held, sum, add); err != nil {
+	if err := (framer{s.Store}).frames(send, missing, held, sum, add); err != nil {
 		return nil, err
 	}
 	if err := flush(); err != nil {
@@ -371,7 +371,7 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		if err != nil {
 			return nil, err
 		}
-		if err := s.frames(send, again, nil, sum, add); err != nil {
+		if err := (framer{s.Store}).frames(send, again, nil, sum, add); err != nil {
 			return nil, err
 		}
 		if err := flush(); err != nil {
@@ -464,12 +464,18 @@ func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
 // byte of the old file).
 const maxSendDelta = 64 << 20
 
+// framer makes frames from the pieces in a store: the sending side of the
+// exchange, on a laptop (Sender) and on a fleet server (Server).
+type framer struct {
+	Store *content.Store
+}
+
 // frames turns the missing pieces into frames and hands each to add with the
 // uncompressed bytes it carries: a changed file whose path the device holds
 // in another layer goes as a binary delta from that version when the delta
 // is smaller than its compressed pieces; the rest as raw pieces (the batch is
 // compressed as a whole).
-func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []*content.Index, sum *Summary, add func(Frame, int64) error) error {
+func (s framer) frames(send []*content.Index, missing []content.Digest, held []*content.Index, sum *Summary, add func(Frame, int64) error) error {
 	need := map[content.Digest]bool{}
 	for _, d := range missing {
 		need[d] = true
@@ -528,7 +534,7 @@ func (s *Sender) frames(send []*content.Index, missing []content.Digest, held []
 
 // deltaFrame makes a delta from base to e when that is smaller than e's
 // missing pieces compressed.
-func (s *Sender) deltaFrame(e, base content.Entry, want []content.Digest) (Frame, bool) {
+func (s framer) deltaFrame(e, base content.Entry, want []content.Digest) (Frame, bool) {
 	if base.Size == 0 || base.Size > maxSendDelta || e.Size > maxSendDelta {
 		return Frame{}, false
 	}
@@ -558,7 +564,7 @@ func (s *Sender) deltaFrame(e, base content.Entry, want []content.Digest) (Frame
 	return Frame{Kind: KindDelta, Base: base.Pieces, Targets: e.Pieces, Data: patch}, true
 }
 
-func (s *Sender) concat(ps []content.Piece) ([]byte, error) {
+func (s framer) concat(ps []content.Piece) ([]byte, error) {
 	var b []byte
 	for _, p := range ps {
 		data, err := s.Store.Get(p.Digest)
@@ -573,22 +579,10 @@ func (s *Sender) concat(ps []content.Piece) ([]byte, error) {
 // sendIndexes sends each layer's index (its tar headers and piece lists), as
 // a delta from the most similar index the device holds when that is smaller.
 func (s *Sender) sendIndexes(ctx context.Context, send []*content.Index, held []*content.Index, sum *Summary) error {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
-	if err != nil {
-		return err
-	}
-	defer enc.Close()
 	for _, ix := range send {
-		raw := ix.Encode()
-		body, base := enc.EncodeAll(raw, nil), ""
-		if b := similar(ix, held); b != nil {
-			patch, err := EncodeIndexDelta(b.Encode(), raw)
-			if err != nil {
-				return err
-			}
-			if len(patch) < len(body) {
-				body, base = patch, b.DiffID.String()
-			}
+		body, base, err := encodeIndex(ix, held)
+		if err != nil {
+			return err
 		}
 		if err := s.Device.PutIndex(ctx, ix.DiffID.String(), body, base); err != nil {
 			return err
@@ -597,6 +591,29 @@ func (s *Sender) sendIndexes(ctx context.Context, send []*content.Index, held []
 		sum.IndexBytes += int64(len(body))
 	}
 	return nil
+}
+
+// encodeIndex encodes ix for a receiver holding the indexes held: as a delta
+// from the most similar of them (base names it) when that is smaller than
+// ix zstd-compressed alone (base "").
+func encodeIndex(ix *content.Index, held []*content.Index) (body []byte, base string, err error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, "", err
+	}
+	defer enc.Close()
+	raw := ix.Encode()
+	body = enc.EncodeAll(raw, nil)
+	if b := similar(ix, held); b != nil {
+		patch, err := EncodeIndexDelta(b.Encode(), raw)
+		if err != nil {
+			return nil, "", err
+		}
+		if len(patch) < len(body) {
+			body, base = patch, b.DiffID.String()
+		}
+	}
+	return body, base, nil
 }
 
 // similar picks the held index that shares the most file paths with ix.
