@@ -19,7 +19,9 @@ type localSource struct {
 	damage   bool
 }
 
-func (l *localSource) Config(_ context.Context, id string) ([]byte, error) { return l.Server.Config(id) }
+func (l *localSource) Config(_ context.Context, id string) ([]byte, error) {
+	return l.Server.Config(id)
+}
 func (l *localSource) Index(_ context.Context, d string, bases []string) ([]byte, string, error) {
 	return l.Server.Index(d, bases)
 }
