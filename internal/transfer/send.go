@@ -325,27 +325,48 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 	var wire, done int64
 	start := now()
 	batch, inBatch, batchChanged := NewBatch(), 0, int64(0)
+	// One batch is in flight while the next is compressed: the device
+	// stores one while this side prepares the other. Each is acknowledged
+	// before the one after it goes.
+	var inflight chan error
+	drain := func() error {
+		if inflight == nil {
+			return nil
+		}
+		err := <-inflight
+		inflight = nil
+		return err
+	}
 	flush := func() error {
 		if inBatch == 0 {
 			return nil
 		}
-		body := CompressBatch(enc, batch)
-		if _, err := s.Device.PutPieces(ctx, body); err != nil {
-			return fmt.Errorf("sending pieces (what arrived is kept; run the command again to send the rest): %w", err)
-		}
-		wire += int64(len(body))
-		done += batchChanged
-		sum.BytesSent += int64(len(body))
-		el := now().Sub(start).Seconds()
-		p := Progress{Stage: "send", Done: done, Total: total, Wire: wire}
-		if el > 0 {
-			p.Rate = float64(wire) / el
-			if done > 0 && total > done {
-				p.ETA = time.Duration(float64(total-done) / (float64(done) / el) * float64(time.Second))
-			}
-		}
-		s.progress(p)
+		body, changed := CompressBatch(enc, batch), batchChanged
 		batch, inBatch, batchChanged = NewBatch(), 0, 0
+		if err := drain(); err != nil {
+			return err
+		}
+		ch := make(chan error, 1)
+		inflight = ch
+		go func() {
+			if _, err := s.Device.PutPieces(ctx, body); err != nil {
+				ch <- fmt.Errorf("sending pieces (what arrived is kept; run the command again to send the rest): %w", err)
+				return
+			}
+			wire += int64(len(body))
+			done += changed
+			sum.BytesSent += int64(len(body))
+			el := now().Sub(start).Seconds()
+			p := Progress{Stage: "send", Done: done, Total: total, Wire: wire}
+			if el > 0 {
+				p.Rate = float64(wire) / el
+				if done > 0 && total > done {
+					p.ETA = time.Duration(float64(total-done) / (float64(done) / el) * float64(time.Second))
+				}
+			}
+			s.progress(p)
+			ch <- nil
+		}()
 		return nil
 	}
 	add := func(f Frame, changed int64) error {
@@ -358,9 +379,13 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		return nil
 	}
 	if err := (framer{s.Store}).frames(send, missing, held, sum, add); err != nil {
+		drain()
 		return nil, err
 	}
 	if err := flush(); err != nil {
+		return nil, err
+	}
+	if err := drain(); err != nil {
 		return nil, err
 	}
 	if err := s.sendIndexes(ctx, send, held, sum); errors.Is(err, release.ErrConflict) {
@@ -372,9 +397,13 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 			return nil, err
 		}
 		if err := (framer{s.Store}).frames(send, again, nil, sum, add); err != nil {
+			drain()
 			return nil, err
 		}
 		if err := flush(); err != nil {
+			return nil, err
+		}
+		if err := drain(); err != nil {
 			return nil, err
 		}
 		if err := s.sendIndexes(ctx, send, held, sum); err != nil {
