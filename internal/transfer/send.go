@@ -378,14 +378,17 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		}
 		return nil
 	}
-	if err := (framer{s.Store}).frames(send, missing, held, sum, add); err != nil {
-		drain()
-		return nil, err
+	sendPieces := func(missing []content.Digest, held []*content.Index) error {
+		err := (framer{s.Store}).frames(send, missing, held, sum, add)
+		if err == nil {
+			err = flush()
+		}
+		if derr := drain(); err == nil {
+			err = derr
+		}
+		return err
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
-	if err := drain(); err != nil {
+	if err := sendPieces(missing, held); err != nil {
 		return nil, err
 	}
 	if err := s.sendIndexes(ctx, send, held, sum); errors.Is(err, release.ErrConflict) {
@@ -396,14 +399,7 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		if err != nil {
 			return nil, err
 		}
-		if err := (framer{s.Store}).frames(send, again, nil, sum, add); err != nil {
-			drain()
-			return nil, err
-		}
-		if err := flush(); err != nil {
-			return nil, err
-		}
-		if err := drain(); err != nil {
+		if err := sendPieces(again, nil); err != nil {
 			return nil, err
 		}
 		if err := s.sendIndexes(ctx, send, held, sum); err != nil {
