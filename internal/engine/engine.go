@@ -208,6 +208,15 @@ func (c *Client) ImageID(ctx context.Context, ref string) (string, error) {
 	return i.ID, nil
 }
 
+// TagImage points ref (name:tag) at the image id, moving the tag if it
+// named another image.
+func (c *Client) TagImage(ctx context.Context, id, ref string) error {
+	if err := c.api.ImageTag(ctx, id, ref); err != nil {
+		return wrapNotFound("tag "+ref+" as image "+id, err)
+	}
+	return nil
+}
+
 // RemoveImage removes an image by ID unless a container still uses it.
 func (c *Client) RemoveImage(ctx context.Context, id string) error {
 	_, err := c.api.ImageRemove(ctx, id, image.RemoveOptions{Force: false, PruneChildren: true})
