@@ -34,6 +34,8 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/transfer -run '^$$' -fuzz '^FuzzDecodeIndexDelta$$' -fuzztime 60s
 	$(GO) test ./internal/delta -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime 60s
 	$(GO) test ./internal/imagetar -run '^$$' -fuzz '^FuzzOCIManifests$$' -fuzztime 60s
+	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzSealRelease$$' -fuzztime 60s
+	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzDeviceState$$' -fuzztime 60s
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1

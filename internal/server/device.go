@@ -1,0 +1,225 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/store"
+)
+
+// The endpoints under /v1/device/ serve devices, each with its own token:
+// a device reads its own target and releases and reports its own state,
+// and nothing else.
+
+// target answers GET /v1/device/target, a long poll. With If-None-Match
+// naming the version the device has and ?wait=, it answers once the
+// device's target version differs, or 304 when wait passes first.
+func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) error {
+	d := *p.device
+	known, conditional := parseETag(r.Header.Get("If-None-Match"))
+	wait, err := parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	s.touch(ctx, d.ID)
+	version := d.TargetVersion
+	if conditional && version == known && wait > 0 {
+		wake, done, cancel := s.hub.subscribe(d.ID)
+		defer cancel()
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		// Subscribed first, then read: a change from now on wakes us.
+	poll:
+		for {
+			if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
+				return err
+			}
+			if version != known {
+				break
+			}
+			select {
+			case <-wake:
+			case <-timer.C:
+				break poll
+			case <-done: // shutting down: the device asks again, maybe elsewhere
+				break poll
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	etag := strconv.Quote(strconv.FormatInt(version, 10))
+	w.Header().Set("ETag", etag)
+	if conditional && version == known {
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	// The version is read before the content: the content is at least as
+	// new as the ETag says, never older.
+	t, err := s.deviceTarget(ctx, d)
+	if err != nil {
+		return err
+	}
+	t.Version = version
+	reply(w, http.StatusOK, t)
+	return nil
+}
+
+// deviceTarget is what the device should run: per app its release, each
+// service's environment overlaid with the env layers that reach it
+// (the file's < fleet < service < device < device-service).
+func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Target, error) {
+	t := serverapi.Target{TargetState: release.TargetState{Apps: map[string]*release.Release{}}}
+	as, err := s.st.DeviceApps(ctx, d.ID)
+	if err != nil {
+		return t, err
+	}
+	layers, err := s.st.EnvLayers(ctx, d.FleetID, d.ID)
+	if err != nil {
+		return t, err
+	}
+	for _, a := range as {
+		rel, err := s.st.Release(ctx, d.FleetID, a.ReleaseID)
+		if err != nil {
+			return t, err
+		}
+		out := &release.Release{ID: rel.ID, App: rel.App, Version: rel.Version, Created: rel.Created}
+		if err := json.Unmarshal(rel.Spec, &out.Spec); err != nil {
+			return t, fmt.Errorf("release %s: stored spec: %w", rel.ID, err)
+		}
+		mergeEnv(&out.Spec, layers)
+		t.Apps[a.App] = out
+	}
+	return t, nil
+}
+
+// mergeEnv overlays each service's environment with the layers.
+func mergeEnv(spec *release.Spec, layers []store.EnvLayer) {
+	if len(layers) == 0 {
+		return
+	}
+	for name, svc := range spec.Services {
+		env := store.MergeEnv(layers, name)
+		if len(env) == 0 {
+			continue
+		}
+		merged := maps.Clone(svc.Environment)
+		if merged == nil {
+			merged = map[string]string{}
+		}
+		maps.Copy(merged, env)
+		svc.Environment = merged
+		spec.Services[name] = svc
+	}
+}
+
+// touch records that a device was seen, at most every third of a poll
+// interval: a long poll is a read, not a write, most of the time.
+func (s *Server) touch(ctx context.Context, id string) {
+	if !s.seen.allow(id, s.now(), s.opts.PollInterval/3) {
+		return
+	}
+	if err := s.st.TouchDevice(context.WithoutCancel(ctx), id); err != nil {
+		s.log.Warn("record that a device was seen", "device", id, "error", err)
+	}
+}
+
+// parseETag reads If-None-Match: "<version>" (weak or not).
+func parseETag(h string) (int64, bool) {
+	h = strings.TrimPrefix(strings.TrimSpace(h), "W/")
+	s, err := strconv.Unquote(h)
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	return v, err == nil
+}
+
+// parseWait reads ?wait=: a Go duration ("30s") or seconds ("30"), at
+// most serverapi.MaxWait (longer is cut to it).
+func parseWait(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, nerr := strconv.Atoi(v)
+		if nerr != nil {
+			return 0, fmt.Errorf("wait=%q: want a duration like 30s: %w", v, release.ErrInvalid)
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("wait=%q: want a duration like 30s: %w", v, release.ErrInvalid)
+	}
+	return min(d, serverapi.MaxWait), nil
+}
+
+// reportState answers PUT /v1/device/state: the device's whole current
+// state, at most one report per StateInterval.
+func (s *Server) reportState(w http.ResponseWriter, r *http.Request, p principal) error {
+	d := *p.device
+	state, err := decodeState(w, r)
+	if err != nil {
+		return err
+	}
+	// Counted once the report is good: a refused one costs no write.
+	if !s.states.allow(d.ID, s.now(), s.opts.StateInterval) {
+		return fmt.Errorf("state reported less than %s ago; report at most once per %s (changes can wait and go together): %w",
+			s.opts.StateInterval, s.opts.StateInterval, errTooMany)
+	}
+	v, err := s.st.SetDeviceState(r.Context(), d.ID, state, store.AnyVersion)
+	if err != nil {
+		return err
+	}
+	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: v})
+	return nil
+}
+
+// decodeState reads a state report and re-encodes it: only what
+// release.CurrentState holds is stored.
+func decodeState(w http.ResponseWriter, r *http.Request) (json.RawMessage, error) {
+	var cs release.CurrentState
+	if err := decode(w, r, &cs, false); err != nil {
+		return nil, err
+	}
+	return encodeState(cs)
+}
+
+func encodeState(cs release.CurrentState) (json.RawMessage, error) {
+	for app := range cs.Apps {
+		if !release.ValidName(app) {
+			return nil, fmt.Errorf("state: app name %q: use lower-case letters, digits, '-' and '_': %w", app, release.ErrInvalid)
+		}
+	}
+	b, err := json.Marshal(cs)
+	if err != nil {
+		return nil, fmt.Errorf("state: %v: %w", err, release.ErrInvalid)
+	}
+	return b, nil
+}
+
+// deviceRelease answers GET /v1/device/releases/{release}: a release in
+// the device's own target, else 404 whether or not it exists.
+func (s *Server) deviceRelease(w http.ResponseWriter, r *http.Request, p principal) error {
+	rel, err := s.st.DeviceRelease(r.Context(), p.device.ID, r.PathValue("release"))
+	if err != nil {
+		return err
+	}
+	v, err := releaseView(rel, true)
+	if err != nil {
+		return err
+	}
+	reply(w, http.StatusOK, v)
+	return nil
+}

@@ -1,0 +1,358 @@
+package server_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/serverapi"
+)
+
+// TestRegister: a good key registers a device whose token works on
+// /v1/device/*; a name is unique in its fleet; a rotated or revoked key is
+// refused, saying so, and nothing is stored.
+func TestRegister(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{})
+		f := e.fleet("lab")
+		d, cl, _ := e.device(f.ProvisioningKey, "robot-1")
+		if d.Name != "robot-1" || d.Fleet != "lab" || d.Agent == nil || d.Agent.Arch != "arm64" || d.Agent.Version != "v0.1.0" {
+			t.Errorf("registered device: %+v", d)
+		}
+		if _, _, err := cl.Target(ctx, 0, 0); err != nil {
+			t.Fatalf("the device token: %v", err)
+		}
+		anon := e.client("")
+		register := func(key, name string) error {
+			_, err := anon.Register(ctx, serverapi.RegisterRequest{ProvisioningKey: key, Name: name})
+			return err
+		}
+		if err := register(f.ProvisioningKey, "robot-1"); status(err) != http.StatusConflict {
+			t.Errorf("the same name again: %v, want 409", err)
+		}
+		if err := register(f.ProvisioningKey, "no spaces"); status(err) != http.StatusBadRequest {
+			t.Errorf("a bad name: %v, want 400", err)
+		}
+		if err := register("bp_"+strings.Repeat("x", 32), "robot-2"); status(err) != http.StatusUnauthorized {
+			t.Errorf("an unknown key: %v, want 401", err)
+		}
+
+		rotated, err := e.admin.RotateProvisioningKey(ctx, "lab")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.secret(rotated.ProvisioningKey)
+		if err := register(f.ProvisioningKey, "robot-2"); status(err) != http.StatusUnauthorized || !strings.Contains(err.Error(), "rotated or revoked") {
+			t.Errorf("the old key after rotation: %v, want 401 saying so", err)
+		}
+		if err := register(rotated.ProvisioningKey, "robot-2"); err != nil {
+			t.Errorf("the new key: %v", err)
+		}
+		if _, err := e.admin.RevokeProvisioningKey(ctx, "lab"); err != nil {
+			t.Fatal(err)
+		}
+		err = register(rotated.ProvisioningKey, "robot-3")
+		if status(err) != http.StatusUnauthorized || !strings.Contains(err.Error(), "revoked") {
+			t.Errorf("a revoked key: %v, want 401 saying so", err)
+		}
+		ds, err := e.admin.Devices(ctx, "lab", "")
+		if err != nil || len(ds) != 2 {
+			t.Errorf("devices: %d, %v; want robot-1 and robot-2 only", len(ds), err)
+		}
+		// Registered devices keep working after the key is revoked.
+		if _, _, err := cl.Target(ctx, 0, 0); err != nil {
+			t.Errorf("a registered device after revocation: %v", err)
+		}
+		// Deleting a device ends its token.
+		if err := e.admin.DeleteDevice(ctx, d.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := cl.Target(ctx, 0, 0); status(err) != http.StatusUnauthorized {
+			t.Errorf("a deleted device's token: %v, want 401", err)
+		}
+	})
+}
+
+// TestLongPoll: a device's long poll answers within a second of an
+// assignment, with the new target and its ETag; with nothing changed it
+// answers 304 once the wait is over.
+func TestLongPoll(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{})
+		f := e.fleet("lab")
+		_, cl, tok := e.device(f.ProvisioningKey, "robot-1")
+		first, changed, err := cl.Target(ctx, 0, 0)
+		if err != nil || !changed || len(first.Apps) != 0 || first.Version <= 0 {
+			t.Fatalf("first target: %+v, %v, %v", first, changed, err)
+		}
+
+		start := time.Now()
+		_, changed, err = cl.Target(ctx, first.Version, time.Second)
+		if err != nil || changed {
+			t.Fatalf("unchanged: %v, %v; want 304", changed, err)
+		}
+		if d := time.Since(start); d < 900*time.Millisecond || d > 3*time.Second {
+			t.Errorf("a 1s wait took %s", d)
+		}
+		// The ETag and 304, as HTTP says.
+		req, _ := http.NewRequest("GET", e.URL+"/v1/device/target", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("If-None-Match", `"`+itoa(first.Version)+`"`)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotModified || resp.Header.Get("ETag") != `"`+itoa(first.Version)+`"` {
+			t.Errorf("conditional GET without wait: %d, ETag %s", resp.StatusCode, resp.Header.Get("ETag"))
+		}
+
+		rel := e.release("lab", "app", "v1")
+		type result struct {
+			t   *serverapi.Target
+			at  time.Time
+			err error
+		}
+		got := make(chan result, 1)
+		go func() {
+			t, _, err := cl.Target(ctx, first.Version, 30*time.Second)
+			got <- result{t, time.Now(), err}
+		}()
+		time.Sleep(300 * time.Millisecond) // the poll is waiting
+		assigned := time.Now()
+		if _, err := e.admin.Assign(ctx, "lab", rel.ID, serverapi.AssignRequest{All: true}); err != nil {
+			t.Fatal(err)
+		}
+		var r result
+		select {
+		case r = <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the long poll did not answer within 5s of the assignment")
+		}
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if d := r.at.Sub(assigned); d > time.Second {
+			t.Errorf("the long poll answered %s after the assignment, want within 1s", d)
+		}
+		app := r.t.Apps["app"]
+		if r.t.Version <= first.Version || app == nil || app.ID != rel.ID || app.Version != "v1" || app.Spec.Services["web"].Image != "web:v1" {
+			t.Errorf("new target: %+v", r.t)
+		}
+		// What the device fetches of it.
+		dr, err := cl.DeviceRelease(ctx, rel.ID)
+		if err != nil || dr.ID != rel.ID || dr.Spec == nil {
+			t.Errorf("the device's release: %+v, %v", dr, err)
+		}
+		// Unchanged since: 304 after the wait.
+		if _, changed, err := cl.Target(ctx, r.t.Version, 500*time.Millisecond); err != nil || changed {
+			t.Errorf("after the change: %v, %v; want 304", changed, err)
+		}
+		if code, _, body := e.do("GET", "/v1/device/target?wait=soon", tok, nil); code != http.StatusBadRequest {
+			t.Errorf("wait=soon: %d %s, want 400", code, body)
+		}
+	})
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// TestEnvLayers: layers merge fleet < service < device < device-service
+// over the file's environment; a change wakes the device's long poll and
+// arrives merged.
+func TestEnvLayers(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{})
+		f := e.fleet("lab")
+		d, cl, _ := e.device(f.ProvisioningKey, "robot-1")
+		rel := e.release("lab", "app", "v1")
+		if _, err := e.admin.Assign(ctx, "lab", rel.ID, serverapi.AssignRequest{Devices: []string{d.ID}}); err != nil {
+			t.Fatal(err)
+		}
+		set := func(s serverapi.EnvScope, vars map[string]string) {
+			t.Helper()
+			if _, err := e.admin.SetEnv(ctx, s, vars); err != nil {
+				t.Fatal(err)
+			}
+		}
+		set(serverapi.EnvScope{Fleet: "lab"}, map[string]string{"A": "fleet", "B": "fleet", "C": "fleet", "D": "fleet", "FROM_FILE": "fleet"})
+		set(serverapi.EnvScope{Fleet: "lab", Service: "web"}, map[string]string{"B": "service", "C": "service", "D": "service"})
+		set(serverapi.EnvScope{Device: d.ID}, map[string]string{"C": "device", "D": "device"})
+		before, _, err := cl.Target(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		got := make(chan *serverapi.Target, 1)
+		go func() {
+			t, _, _ := cl.Target(ctx, before.Version, 30*time.Second)
+			got <- t
+		}()
+		time.Sleep(300 * time.Millisecond)
+		changed := time.Now()
+		set(serverapi.EnvScope{Device: d.ID, Service: "web"}, map[string]string{"D": "device-service"})
+		var after *serverapi.Target
+		select {
+		case after = <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the env change did not wake the long poll")
+		}
+		if dt := time.Since(changed); dt > time.Second {
+			t.Errorf("woken %s after the change, want within 1s", dt)
+		}
+		if after == nil || after.Version <= before.Version {
+			t.Fatalf("after the env change: %+v (before: version %d)", after, before.Version)
+		}
+		web := after.Apps["app"].Spec.Services["web"].Environment
+		if diff := cmp.Diff(map[string]string{"A": "fleet", "B": "service", "C": "device", "D": "device-service", "FROM_FILE": "fleet"}, web); diff != "" {
+			t.Errorf("web's environment (-want +got):\n%s", diff)
+		}
+		db := after.Apps["app"].Spec.Services["db"].Environment
+		if diff := cmp.Diff(map[string]string{"A": "fleet", "B": "fleet", "C": "device", "D": "device", "FROM_FILE": "fleet"}, db); diff != "" {
+			t.Errorf("db's environment (-want +got):\n%s", diff)
+		}
+		// The release itself is as created; only the target is merged.
+		if r, _ := e.admin.Release(ctx, "lab", rel.ID); r.Spec.Services["web"].Environment["A"] != "" {
+			t.Errorf("the stored release changed: %+v", r.Spec.Services["web"].Environment)
+		}
+		l, err := e.client(e.user("vera", serverapi.RoleViewer)).Env(ctx, serverapi.EnvScope{Device: d.ID, Service: "web"})
+		if err != nil || l.Vars["D"] != "device-service" {
+			t.Errorf("GET the device-service layer: %+v, %v", l, err)
+		}
+		// The audit names the variables, never their values.
+		es, _ := e.admin.Audit(ctx, serverapi.AuditQuery{Action: "env.set"})
+		if len(es) != 4 {
+			t.Errorf("%d env.set audit entries, want 4", len(es))
+		}
+		for _, a := range es {
+			if strings.Contains(string(a.Details), "fleet\"") || strings.Contains(string(a.Details), "device-service") {
+				t.Errorf("an audit entry holds a value: %s", a.Details)
+			}
+		}
+	})
+}
+
+// TestStateReport: what a device reports comes back in the device list,
+// with "online" and "apps"; reports come at most once a second; a device
+// not seen for three poll intervals is offline.
+func TestStateReport(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		c := newClock()
+		e := newEnv(t, b, envOptions{clock: c})
+		f := e.fleet("lab")
+		_, cl, tok := e.device(f.ProvisioningKey, "robot-1")
+		state := release.CurrentState{
+			Agent: release.AgentInfo{Name: "robot-1", Version: "v0.2.0", Arch: "arm64"},
+			Apps: map[string]release.AppState{"app": {
+				Release: "sha256:1234", Version: "v1", Phase: release.PhaseIdle,
+				Services: map[string]release.ServiceState{"web": {Container: "c1", State: "running", Health: "healthy", Release: "sha256:1234"}},
+				Updated:  c.Now(),
+			}},
+			Reported: c.Now(),
+		}
+		if _, err := cl.ReportState(ctx, state); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.ReportState(ctx, state)
+		var ae *serverapi.Error
+		if status(err) != http.StatusTooManyRequests || !asError(err, &ae) || ae.RetryAfter != time.Second {
+			t.Errorf("a second report at once: %v, want 429 with Retry-After 1", err)
+		}
+		c.Add(time.Second)
+		if _, err := cl.ReportState(ctx, state); err != nil {
+			t.Errorf("a report a second later: %v", err)
+		}
+
+		// The raw JSON, as scripts read it.
+		code, _, body := e.do("GET", "/v1/fleets/lab/devices", e.adminToken, nil)
+		if code != 200 {
+			t.Fatalf("device list: %d %s", code, body)
+		}
+		var items []map[string]json.RawMessage
+		if err := json.Unmarshal(body, &items); err != nil || len(items) != 1 {
+			t.Fatalf("device list: %s", body)
+		}
+		var name string
+		var online bool
+		var apps map[string]release.AppState
+		json.Unmarshal(items[0]["name"], &name)
+		json.Unmarshal(items[0]["online"], &online)
+		json.Unmarshal(items[0]["apps"], &apps)
+		if name != "robot-1" || !online {
+			t.Errorf("name %q online %v", name, online)
+		}
+		if diff := cmp.Diff(state.Apps, apps); diff != "" {
+			t.Errorf("apps (-reported +listed):\n%s", diff)
+		}
+
+		c.Add(91 * time.Second)
+		ds, _ := e.admin.Devices(ctx, "lab", "")
+		if ds[0].Online {
+			t.Error("online after 3 poll intervals unseen")
+		}
+		// A poll makes it online again.
+		e.do("GET", "/v1/device/target", tok, nil)
+		if ds, _ := e.admin.Devices(ctx, "lab", ""); !ds[0].Online {
+			t.Error("not online after a poll")
+		}
+	})
+}
+
+// TestReplicas: two servers on one PostgreSQL; a device long-polls one,
+// the change is made through the other, and NOTIFY wakes the first within
+// a second (their rescans are a minute apart: only LISTEN can do it).
+func TestReplicas(t *testing.T) {
+	pg.Require(t)
+	a := newEnv(t, postgres, envOptions{rescan: time.Minute})
+	b := newEnv(t, postgres, envOptions{rescan: time.Minute, dsn: a.dsn, dir: a.dir, adminToken: a.adminToken})
+	f := a.fleet("lab")
+	reg, err := b.client("").Register(ctx, serverapi.RegisterRequest{ProvisioningKey: f.ProvisioningKey, Name: "robot-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.secret(reg.Token)
+	b.secret(reg.Token)
+	onB := b.client(reg.Token)
+	first, _, err := onB.Target(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := a.release("lab", "app", "v1")
+	for round, through := range []*env{a, b, a} {
+		got := make(chan *serverapi.Target, 1)
+		go func() {
+			t, _, _ := onB.Target(ctx, first.Version, 30*time.Second)
+			got <- t
+		}()
+		time.Sleep(300 * time.Millisecond)
+		start := time.Now()
+		vars := map[string]string{"ROUND": itoa(int64(round))}
+		if round == 0 {
+			if _, err := through.admin.Assign(ctx, "lab", rel.ID, serverapi.AssignRequest{All: true}); err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := through.admin.SetEnv(ctx, serverapi.EnvScope{Fleet: "lab"}, vars); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case tg := <-got:
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("round %d: woken %s after the change on the other replica, want within 1s", round, d)
+			}
+			if tg == nil || tg.Apps["app"] == nil {
+				t.Fatalf("round %d: target %+v", round, tg)
+			}
+			first = tg
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the change on the other replica did not wake the long poll", round)
+		}
+	}
+}
+
+func asError(err error, target **serverapi.Error) bool { return errors.As(err, target) }

@@ -1,0 +1,247 @@
+// Package serverapi is the fleet server's HTTP API as its clients see it:
+// the request and response types of /v1 and a client for them. The CLI uses
+// it, and so will the agent's fleet mode, which is why it imports nothing of
+// the server, the store or SQL: only the standard library and the release
+// vocabulary. docs/api.md documents every endpoint.
+package serverapi
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// Roles of users, from most to least power.
+const (
+	RoleAdmin    = "admin"    // everything: users, tokens, fleets, provisioning keys
+	RoleDeployer = "deployer" // releases, assignments, pins, device settings
+	RoleViewer   = "viewer"   // read only
+)
+
+// MaxWait is the longest a target long poll waits for a change.
+const MaxWait = 60 * time.Second
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// User is a person or a CI job holding API tokens.
+type User struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	Created time.Time `json:"created"`
+}
+
+// CreateUserRequest is the body of POST /v1/users.
+type CreateUserRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// Token is an API token as the server keeps it: the secret is gone, Prefix
+// is left to recognize it by.
+type Token struct {
+	ID       string    `json:"id"`
+	UserID   string    `json:"user_id"`
+	Name     string    `json:"name"`
+	Prefix   string    `json:"prefix"`
+	Created  time.Time `json:"created"`
+	Expires  time.Time `json:"expires,omitzero"`   // zero: never
+	LastUsed time.Time `json:"last_used,omitzero"` // zero: never
+}
+
+// CreateTokenRequest is the body of POST /v1/users/{user}/tokens.
+type CreateTokenRequest struct {
+	Name string `json:"name"`
+	// ExpiresIn, if set, makes the token expire that long from now.
+	ExpiresIn release.Duration `json:"expires_in,omitempty"`
+}
+
+// NewToken answers a token's creation: the only time its secret is shown.
+type NewToken struct {
+	Token
+	Secret string `json:"token"`
+}
+
+// Whoami says who a token belongs to.
+type Whoami struct {
+	User  User  `json:"user"`
+	Token Token `json:"token"`
+}
+
+// Fleet is a group of devices released to together.
+type Fleet struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// KeyPrefix is the start of the provisioning key; "" when revoked.
+	KeyPrefix string    `json:"key_prefix"`
+	Created   time.Time `json:"created"`
+	// Apps are the releases new devices start with, by app (GET one only).
+	Apps []AppRelease `json:"apps,omitempty"`
+}
+
+// AppRelease names an app's release.
+type AppRelease struct {
+	App     string `json:"app"`
+	Release string `json:"release"`
+}
+
+// CreateFleetRequest is the body of POST /v1/fleets.
+type CreateFleetRequest struct {
+	Name string `json:"name"`
+}
+
+// FleetKey answers the creation of a fleet or of its provisioning key: the
+// only time the key is shown.
+type FleetKey struct {
+	Fleet
+	ProvisioningKey string `json:"provisioning_key"`
+}
+
+// RegisterRequest is the body of POST /v1/register, sent by a device.
+type RegisterRequest struct {
+	ProvisioningKey string `json:"provisioning_key"`
+	Name            string `json:"name"`
+	Arch            string `json:"arch,omitempty"`
+	AgentVersion    string `json:"agent_version,omitempty"`
+}
+
+// Registration answers a device's registration: its token, shown once.
+type Registration struct {
+	Device Device `json:"device"`
+	Token  string `json:"token"`
+}
+
+// Device is a registered robot as operators see it.
+type Device struct {
+	ID      string    `json:"id"`
+	FleetID string    `json:"fleet_id"`
+	Fleet   string    `json:"fleet"`
+	Name    string    `json:"name"`
+	Tags    []string  `json:"tags"`
+	Notes   string    `json:"notes"`
+	Created time.Time `json:"created"`
+	// LastSeen is when the device last polled or reported; Online says it
+	// did so within three poll intervals.
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	Online   bool      `json:"online"`
+	// Agent, Apps, Disk and Reported come from the device's last state
+	// report; Apps has the shape of `berth status --json`'s apps.
+	Agent    *release.AgentInfo          `json:"agent,omitempty"`
+	Apps     map[string]release.AppState `json:"apps"`
+	Disk     *release.Disk               `json:"disk,omitempty"`
+	Reported time.Time                   `json:"reported,omitzero"`
+	// Target is what the device should run, by app (GET one only).
+	Target        map[string]TargetApp `json:"target,omitempty"`
+	TargetVersion int64                `json:"target_version"`
+	StateVersion  int64                `json:"state_version"`
+}
+
+// TargetApp is one app of a device's target as operators see it.
+type TargetApp struct {
+	Release string    `json:"release"`
+	Pinned  bool      `json:"pinned"`
+	Updated time.Time `json:"updated"`
+}
+
+// UpdateDeviceRequest is the body of PATCH /v1/devices/{device}: the fields
+// given are replaced, the others left alone.
+type UpdateDeviceRequest struct {
+	Name  *string   `json:"name,omitempty"`
+	Tags  *[]string `json:"tags,omitempty"`
+	Notes *string   `json:"notes,omitempty"`
+}
+
+// EnvLayer is one layer of environment variables. Layers apply in the
+// order fleet < service < device < device-service, the later winning.
+type EnvLayer struct {
+	Fleet   string            `json:"fleet"`
+	Device  string            `json:"device,omitempty"`
+	Service string            `json:"service,omitempty"`
+	Vars    map[string]string `json:"vars"`
+	Updated time.Time         `json:"updated,omitzero"`
+}
+
+// SetEnvRequest is the body of PUT …/env: it replaces the layer; no
+// variables delete it.
+type SetEnvRequest struct {
+	Vars map[string]string `json:"vars"`
+}
+
+// PinRequest is the body of POST /v1/devices/{device}/pin: keep the device
+// on this release of its app, whatever is assigned to the fleet.
+type PinRequest struct {
+	Release string `json:"release"`
+	App     string `json:"app,omitempty"` // if given, must be the release's
+}
+
+// Release is an immutable release of an app, kept by a fleet.
+type Release struct {
+	ID        string        `json:"id"`
+	FleetID   string        `json:"fleet_id"`
+	App       string        `json:"app"`
+	Version   string        `json:"version"`
+	Spec      *release.Spec `json:"spec,omitempty"` // absent in lists
+	Created   time.Time     `json:"created"`
+	CreatedBy string        `json:"created_by"`
+}
+
+// CreateReleaseRequest is the body of POST /v1/fleets/{fleet}/releases.
+type CreateReleaseRequest struct {
+	App     string       `json:"app"`
+	Version string       `json:"version"`
+	Spec    release.Spec `json:"spec"`
+	// Images pins image references to image IDs (sha256:…) for the
+	// services that use them and name no ImageID yet.
+	Images map[string]string `json:"images,omitempty"`
+}
+
+// AssignRequest is the body of POST …/releases/{release}/assign: the
+// devices (IDs or names) to move to the release, or all of the fleet's.
+type AssignRequest struct {
+	Devices []string `json:"devices,omitempty"`
+	All     bool     `json:"all,omitempty"`
+}
+
+// Assignment answers an assignment.
+type Assignment struct {
+	Release string `json:"release"`
+	App     string `json:"app"`
+	// Changed are the IDs of the devices whose target moved; the others
+	// were there already, or are pinned to another release of the app.
+	Changed   []string `json:"changed"`
+	Unchanged int      `json:"unchanged"`
+}
+
+// Target is what a device should run: per app the release, its services'
+// environment merged with the fleet's layers. Version is its ETag.
+type Target struct {
+	Version int64 `json:"version"`
+	release.TargetState
+}
+
+// StateReport answers a state report.
+type StateReport struct {
+	StateVersion int64 `json:"state_version"`
+}
+
+// AuditEntry is one thing someone did.
+type AuditEntry struct {
+	ID      int64           `json:"id"`
+	Time    time.Time       `json:"time"`
+	Actor   string          `json:"actor"`
+	Action  string          `json:"action"`
+	Object  string          `json:"object"`
+	Details json.RawMessage `json:"details,omitempty"`
+}
+
+// AuditQuery selects audit entries; empty fields select all.
+type AuditQuery struct {
+	Actor, Action, Object string
+	Since, Until          time.Time
+	Before                int64 // entries with an ID below this: the last ID of the previous page
+	Limit                 int
+}
