@@ -65,14 +65,31 @@ type Disk struct {
 
 // AppState is one app's current state.
 type AppState struct {
-	Release  string                  `json:"release"`
-	Version  string                  `json:"version"`
-	Phase    Phase                   `json:"phase"`
-	Error    string                  `json:"error"`
-	Target   string                  `json:"target,omitempty"`
-	Lock     *LockInfo               `json:"lock,omitempty"`
-	Services map[string]ServiceState `json:"services"`
-	Updated  time.Time               `json:"updated"`
+	Release string `json:"release"`
+	Version string `json:"version"`
+	Phase   Phase  `json:"phase"`
+	Error   string `json:"error"`
+	Target  string `json:"target,omitempty"`
+	// In fleet mode: the fleet server's ID of the release that runs (its
+	// services' environment merged on the device, so Release differs), and
+	// of the last fleet release that was tried here and rolled back (Error
+	// says why). A LAN deploy over a fleet release leaves FleetRelease empty
+	// and sets Override.
+	FleetRelease string                  `json:"fleet_release,omitempty"`
+	FleetFailed  string                  `json:"fleet_failed,omitempty"`
+	Override     *Override               `json:"override,omitempty"`
+	Lock         *LockInfo               `json:"lock,omitempty"`
+	Services     map[string]ServiceState `json:"services"`
+	Updated      time.Time               `json:"updated"`
+}
+
+// Override says that an app of a fleet device runs a release deployed over
+// the LAN instead of its fleet release: who, when, and until when (then the
+// agent returns to the fleet release).
+type Override struct {
+	By    string     `json:"by"`
+	Since time.Time  `json:"since"`
+	Until *time.Time `json:"until,omitempty"`
 }
 
 // LockInfo says who holds an app's update lock.
