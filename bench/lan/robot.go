@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/berth-robotics/berth/internal/sshtest"
 )
 
 const (
@@ -180,17 +182,7 @@ func (r *robot) startSSHD(ctx context.Context) error {
 	if err := os.WriteFile(knownHosts, []byte(robotIP+" "+f[0]+" "+f[1]+"\n"), 0o600); err != nil {
 		return err
 	}
-	conf := fmt.Sprintf(`ListenAddress %s:22
-HostKey %[2]s/host_ed25519
-PidFile %[2]s/sshd.pid
-AuthorizedKeysFile %[2]s/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowTcpForwarding yes
-`, robotIP, d)
+	conf := sshtest.Config(robotIP+":22", d, []string{"host_ed25519"}, "AllowTcpForwarding yes")
 	if err := os.WriteFile(filepath.Join(d, "sshd_config"), []byte(conf), 0o600); err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/sshtest"
 )
 
 // This file is the harness: a real sshd from Debian's openssh-server on a
@@ -87,20 +88,7 @@ func startSSHD(t *testing.T) *testSSHD {
 		}
 	}
 	d.port = freePort(t)
-	cfg := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %[2]s/host_ed25519
-HostKey %[2]s/host_ecdsa
-PidFile %[2]s/sshd.pid
-AuthorizedKeysFile %[2]s/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowTcpForwarding yes
-LogLevel VERBOSE
-`, d.port, d.dir)
+	cfg := sshtest.Config(fmt.Sprintf("127.0.0.1:%d", d.port), d.dir, []string{"host_ed25519", "host_ecdsa"}, "AllowTcpForwarding yes", "LogLevel VERBOSE")
 	cfgFile := filepath.Join(d.dir, "sshd_config")
 	writeFile(t, cfgFile, cfg)
 	cmd := exec.Command(sshdPath, "-D", "-e", "-f", cfgFile)
