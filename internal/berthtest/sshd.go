@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/berth-robotics/berth/internal/sshtest"
 )
 
 // SSHD is a real OpenSSH server on a loopback port, and a home directory
@@ -66,17 +68,7 @@ func (e *Env) NewSSHD(t testing.TB) *SSHD {
 	}
 	s.Port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	write(t, filepath.Join(dir, "sshd_config"), fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %[2]s/host_ed25519
-PidFile %[2]s/sshd.pid
-AuthorizedKeysFile %[2]s/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-`, s.Port, dir))
+	write(t, filepath.Join(dir, "sshd_config"), sshtest.Config(fmt.Sprintf("127.0.0.1:%d", s.Port), dir, []string{"host_ed25519"}))
 	write(t, filepath.Join(ssh, "config"), fmt.Sprintf("Host robot\n  HostName 127.0.0.1\n  Port %d\n  User root\n  IdentityFile ~/.ssh/id_ed25519\n", s.Port))
 	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
 	cmd.Stdout, cmd.Stderr = s, s
