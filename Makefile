@@ -36,6 +36,7 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/imagetar -run '^$$' -fuzz '^FuzzOCIManifests$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzSealRelease$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzDeviceState$$' -fuzztime 60s
+	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzImageRegistration$$' -fuzztime 60s
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1

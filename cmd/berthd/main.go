@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/berth-robotics/berth/internal/agent"
 	"github.com/berth-robotics/berth/internal/engine"
@@ -54,12 +55,24 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: DOCKER_HOST, else the local socket)")
 	fs.StringVar(&cfg.Socket, "socket", defaultSocket, "unix socket for the local API (root and the berth group only)")
 	fs.StringVar(&cfg.Name, "name", host, "this agent's instance name; agents with different names on one engine ignore each other")
+	server := fs.String("server", "", "fleet mode: the fleet server's URL (https://host:port); the device registers once and follows its target")
+	key := fs.String("provisioning-key", "", "fleet mode: the fleet's provisioning key, used once to register (default $BERTH_PROVISIONING_KEY)")
+	fingerprint := fs.String("server-fingerprint", "", "fleet mode: pin the server's TLS certificate by its SHA-256 fingerprint (as berth server prints it)")
+	poll := fs.Duration("poll-wait", 30*time.Second, "fleet mode: how long one long poll of the target waits (a change wakes it at once)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (see berthd -h)", fs.Arg(0))
+	}
+	if *key == "" {
+		*key = os.Getenv("BERTH_PROVISIONING_KEY")
+	}
+	if *server != "" {
+		cfg.Fleet = &agent.FleetConfig{Server: *server, ProvisioningKey: *key, Fingerprint: *fingerprint, PollWait: *poll}
+	} else if *key != "" || *fingerprint != "" {
+		return fmt.Errorf("--provisioning-key and --server-fingerprint need --server")
 	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if *logJSON {

@@ -39,6 +39,7 @@ type Agent struct {
 
 	mu       sync.Mutex
 	gcMu     sync.Mutex     // one content collection at a time
+	fleet    *fleet         // fleet mode, or nil
 	ops      map[string]*op // app → running operation
 	lockWait map[string]release.LockInfo
 	opSeq    uint64
@@ -55,6 +56,15 @@ type op struct {
 	release string
 	version string
 	phase   release.Phase
+	// origin: the fleet release this op switches to (fleet mode), or the
+	// LAN override it makes on a fleet device.
+	origin origin
+}
+
+// origin says where an operation comes from, for the fleet bookkeeping.
+type origin struct {
+	fleet    string
+	override *release.Override
 }
 
 // New prepares an agent. Call Run to recover and serve.
@@ -70,11 +80,15 @@ func New(cfg Config, eng *engine.Client, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, eng: eng, log: log, store: store{dir: cfg.StateDir}, content: cs,
 		events: newEventLog(), windows: ws, now: time.Now,
 		ops: map[string]*op{}, lockWait: map[string]release.LockInfo{},
-	}, nil
+	}
+	if cfg.Fleet != nil {
+		a.fleet = &fleet{}
+	}
+	return a, nil
 }
 
 func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
@@ -186,6 +200,20 @@ func (a *Agent) setPhase(app string, p release.Phase) {
 // Deploy pins the request's images, checks it, and starts the switch in the
 // background. Errors found before anything changes come back at once.
 func (a *Agent) Deploy(ctx context.Context, app string, req localapi.DeployRequest) (*localapi.OpResponse, error) {
+	return a.deploy(ctx, app, req, a.lanOrigin(app, req.By, req.OverrideTTL.D()))
+}
+
+func (a *Agent) deploy(ctx context.Context, app string, req localapi.DeployRequest, orig origin) (*localapi.OpResponse, error) {
+	rel, err := a.pin(ctx, app, req)
+	if err != nil {
+		return nil, err
+	}
+	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D(), orig)
+}
+
+// pin makes the release a deploy request asks for: validated, its images
+// resolved to the engine's image IDs, sealed.
+func (a *Agent) pin(ctx context.Context, app string, req localapi.DeployRequest) (*release.Release, error) {
 	rel := &release.Release{App: app, Version: req.Version, Created: a.now().UTC(), Spec: req.Spec}
 	if rel.Version == "" {
 		rel.Version = "unversioned"
@@ -214,7 +242,7 @@ func (a *Agent) Deploy(ctx context.Context, app string, req localapi.DeployReque
 		return nil, fmt.Errorf("images not on the device's engine: %s; nothing changed; load them first (docker load, or berth push): %w", strings.Join(missing, ", "), release.ErrNotFound)
 	}
 	rel.Seal()
-	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D())
+	return rel, nil
 }
 
 // Rollback switches app back to a kept release: the one before the current,
@@ -247,7 +275,7 @@ func (a *Agent) Rollback(ctx context.Context, app string, req localapi.RollbackR
 			return nil, fmt.Errorf("release %s: image of service %s (%s) is no longer on the engine; push it again: %w", release.ShortID(id), name, s.Image, release.ErrNotFound)
 		}
 	}
-	return a.start(app, "rollback", rel, req.Force, 0)
+	return a.start(app, "rollback", rel, req.Force, 0, a.lanOrigin(app, "", 0))
 }
 
 // resolveKept expands a short release ID to a kept one.
@@ -260,7 +288,7 @@ func (a *Agent) resolveKept(rec appRecord, id string) string {
 	return id
 }
 
-func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTimeout time.Duration) (*localapi.OpResponse, error) {
+func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTimeout time.Duration, orig origin) (*localapi.OpResponse, error) {
 	if err := a.preflightDisk(); err != nil {
 		return nil, err
 	}
@@ -268,6 +296,7 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 	if err != nil {
 		return nil, err
 	}
+	o.origin = orig
 	resp := &localapi.OpResponse{Op: o.id, Release: rel.ID, Version: rel.Version, Seq: a.events.last()}
 	fail := func(err error) (*localapi.OpResponse, error) {
 		a.end(app, o)
@@ -289,6 +318,12 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 		return fail(err)
 	}
 	if steps == nil && rec.Current == rel.ID {
+		if rec.FleetRelease != orig.fleet || rec.Override != orig.override {
+			rec.FleetRelease, rec.Override = orig.fleet, orig.override
+			if err := a.store.saveRecord(app, rec); err != nil {
+				return fail(err)
+			}
+		}
 		a.end(app, o)
 		resp.NoChange = true
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: release.PhaseIdle, Message: "release " + release.ShortID(rel.ID) + " already runs; nothing to do", Done: true})
@@ -350,6 +385,10 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 		rec.Error = warning.Error()
 	}
 	delete(rec.Failed, rel.ID)
+	rec.FleetRelease, rec.Override = o.origin.fleet, o.origin.override
+	if o.origin.fleet != "" {
+		rec.FleetFailed = ""
+	}
 	kept := []string{rel.ID}
 	for _, k := range rec.Kept {
 		if k != rel.ID {
@@ -430,6 +469,9 @@ func (a *Agent) rollBack(o *op, from, failed *release.Release, cause error) {
 			rec.Failed = map[string]string{}
 		}
 		rec.Failed[failed.ID] = reason
+		if o.origin.fleet != "" {
+			rec.FleetFailed = o.origin.fleet
+		}
 	}
 	a.saveThenClear(app, rec, err == nil)
 	a.emit(localapi.Event{Op: o.id, App: app, Release: failed.ID, Phase: rec.Phase, Message: rec.Error, Error: reason, Done: true})
@@ -660,7 +702,8 @@ func (a *Agent) State(ctx context.Context) (*release.CurrentState, error) {
 		if err != nil {
 			return nil, err
 		}
-		as := release.AppState{Release: rec.Current, Phase: rec.Phase, Error: rec.Error, Target: rec.Target, Updated: rec.Updated, Services: map[string]release.ServiceState{}}
+		as := release.AppState{Release: rec.Current, Phase: rec.Phase, Error: rec.Error, Target: rec.Target, Updated: rec.Updated, Services: map[string]release.ServiceState{},
+			FleetRelease: rec.FleetRelease, FleetFailed: rec.FleetFailed, Override: rec.Override}
 		if as.Phase == "" {
 			as.Phase = release.PhaseIdle
 		}

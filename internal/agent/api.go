@@ -51,6 +51,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.Fleet != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.runFleet(ctx)
+		}()
+	}
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
 	a.log.Info("berthd serving", "socket", a.cfg.Socket, "name", a.cfg.Name, "state_dir", a.cfg.StateDir)
 	errc := make(chan error, 1)

@@ -20,6 +20,8 @@ type Config struct {
 	Name       string `json:"-"`
 	DockerHost string `json:"-"`
 	Version    string `json:"-"`
+	// Fleet, if set, puts the agent in fleet mode (fleet.go).
+	Fleet *FleetConfig `json:"-"`
 
 	// Settle is how long a service without a healthcheck must run without
 	// restarting to count as up (default 10s).

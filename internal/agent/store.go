@@ -24,6 +24,11 @@ type appRecord struct {
 	Error   string            `json:"error,omitempty"`
 	Target  string            `json:"target,omitempty"` // the release last asked for
 	Updated time.Time         `json:"updated"`
+	// Fleet mode: the fleet release that runs, the one that last failed
+	// here, and a LAN deploy standing in for the fleet release.
+	FleetRelease string            `json:"fleet_release,omitempty"`
+	FleetFailed  string            `json:"fleet_failed,omitempty"`
+	Override     *release.Override `json:"override,omitempty"`
 }
 
 // store keeps apps, releases and journals under the state directory.

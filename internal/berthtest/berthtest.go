@@ -174,6 +174,7 @@ type Device struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	log      *os.File
+	args     []string // extra berthd flags (fleet mode)
 }
 
 // Policy is written to the device's config.json; tests keep timings short.
@@ -189,11 +190,23 @@ func (e *Env) NewDevice(t testing.TB) *Device {
 // NewDeviceWithPolicy starts a device whose config.json is policy.
 func (e *Env) NewDeviceWithPolicy(t testing.TB, policy string) *Device {
 	t.Helper()
+	return e.newDevice(t, policy)
+}
+
+// NewFleetDevice starts a device in fleet mode, registering with the server
+// at url with a fleet's provisioning key.
+func (e *Env) NewFleetDevice(t testing.TB, url, key string) *Device {
+	t.Helper()
+	return e.newDevice(t, Policy, "--server", url, "--provisioning-key", key, "--poll-wait", "3s")
+}
+
+func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "bt-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &Device{Name: "berthtest-" + randomID(), StateDir: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "s.sock"), env: e}
+	d := &Device{Name: "berthtest-" + randomID(), StateDir: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "s.sock"), env: e, args: args}
 	if err := os.MkdirAll(d.StateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +246,7 @@ func (d *Device) Start(t testing.TB, extraEnv ...string) {
 		t.Fatal(err)
 	}
 	d.log = logf
-	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), "--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket)
+	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), append([]string{"--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket}, d.args...)...)
 	d.cmd.Env = append(os.Environ(), extraEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -25,6 +27,7 @@ type deployFlags struct {
 	version     string
 	force       bool
 	lockTimeout time.Duration
+	overrideTTL time.Duration
 	json        bool
 	profiles    []string
 	noPush      bool
@@ -52,6 +55,7 @@ was refused or rolled back. The images must already be in the device's engine.`,
 	c.Flags().StringVar(&f.version, "version", "", "release version (default: git describe --tags --dirty --always)")
 	c.Flags().BoolVar(&f.force, "force", false, "switch without waiting for update locks or maintenance windows")
 	c.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 0, "how long to wait for a held update lock (default: the agent's, 10m)")
+	c.Flags().DurationVar(&f.overrideTTL, "override-ttl", 0, "on a fleet device: return the app to its fleet release this long after the deploy (default: until the next fleet release)")
 	c.Flags().StringSliceVar(&f.profiles, "profile", nil, "Compose profiles to enable")
 	c.Flags().BoolVar(&f.json, "json", false, "print a JSON summary instead of progress")
 	c.Flags().BoolVar(&f.noPush, "no-push", false, "do not send images from the local engine; the device must have them")
@@ -100,7 +104,7 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 			return fmt.Errorf("deploy %s: sending images: %w", app, err)
 		}
 	}
-	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout)}
+	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout), By: whoDeploys(), OverrideTTL: release.Duration(f.overrideTTL)}
 	resp, err := cl.Deploy(ctx, app, req)
 	if err != nil {
 		return fmt.Errorf("deploy %s to %s: %w", app, f.to, err)
@@ -182,4 +186,15 @@ func gitVersion(dir string) string {
 		return "unversioned"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// whoDeploys names the person deploying, user@host, for a fleet device's
+// override report.
+func whoDeploys() string {
+	name := os.Getenv("USER")
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
 }

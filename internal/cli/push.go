@@ -16,7 +16,6 @@ import (
 
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/engine"
-	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/transfer"
 )
@@ -61,10 +60,11 @@ type pushResult struct {
 	Summary *transfer.Summary `json:"summary,omitempty"`
 }
 
-// push sends each source (engine images together, archives one by one).
-// With lenient (deploy), images the local engine lacks are left to the
-// device's own check, and images the device has are skipped silently.
-func push(ctx context.Context, cl *localapi.Client, sources []string, log io.Writer, quiet, lenient bool) ([]pushResult, error) {
+// push sends each source (engine images together, archives one by one) to
+// a device's agent, or to a fleet server (serverapi's Uploader). With
+// lenient (deploy), images the local engine lacks are left to the device's
+// own check, and images the device has are skipped silently.
+func push(ctx context.Context, cl transfer.Device, sources []string, log io.Writer, quiet, lenient bool) ([]pushResult, error) {
 	cache, err := cacheStore()
 	if err != nil {
 		return nil, err

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -10,8 +12,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-robotics/berth/internal/compose"
+	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/transfer"
 )
 
 // newRelease is `berth release`: releases on a fleet server. (`berth
@@ -35,15 +39,24 @@ func newRelease() *cobra.Command {
 
 	var files, profiles []string
 	var app, version string
+	var noUpload bool
 	create := &cobra.Command{
-		Use:   "create -f compose.yaml --fleet FLEET [--app NAME] [--version V] [--json]",
-		Short: "Make a release of an app from a Compose file and store it in a fleet",
-		Long: `create reads the Compose file(s) as berth deploy does and stores the release in
-the fleet: immutable, its ID the digest of its app, version and spec, so the
-same file and version always make the same release (creating it again changes
-nothing). The version defaults to git describe --tags --dirty --always.
-Images are recorded by the references the file gives; sending their content
-to the server comes later. Nothing runs anywhere until it is assigned:
+		Use:   "create -f compose.yaml --fleet FLEET [--app NAME] [--version V] [--no-upload] [--json]",
+		Short: "Upload an app's images and make a release of it from a Compose file in a fleet",
+		Long: `create reads the Compose file(s) as berth deploy does, uploads the services'
+images from the local Docker Engine to the server, and stores the release in
+the fleet with every image pinned to the ID uploaded: immutable, its ID the
+digest of its app, version and spec, so the same file, images and version
+always make the same release (creating it again changes nothing). The version
+defaults to git describe --tags --dirty --always.
+
+The upload sends only what the server lacks: each layer is split into tar
+headers and file contents, the server is asked which pieces it lacks, and a
+changed file goes as a binary delta against the version the server holds.
+Progress goes to stderr. --no-upload records the images by the references the
+file gives instead, for devices that get them another way.
+
+Nothing runs anywhere until the release is assigned:
 berth release assign ID --fleet FLEET --all.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -59,12 +72,20 @@ berth release assign ID --fleet FLEET --all.`,
 				version = gitVersion(filepath.Dir(files[0]))
 			}
 			return withClient(&sf, func(cl *serverapi.Client) error {
-				r, created, err := cl.CreateRelease(ctx, fleet, serverapi.CreateReleaseRequest{App: name, Version: version, Spec: *spec})
+				req := serverapi.CreateReleaseRequest{App: name, Version: version, Spec: *spec}
+				var up *uploadResult
+				if !noUpload {
+					if up, err = uploadImages(ctx, cl, spec, c.ErrOrStderr(), asJSON); err != nil {
+						return fmt.Errorf("release of %s: uploading its images (nothing was created; what arrived is kept, so a rerun sends only the rest): %w", name, err)
+					}
+					req.Images = up.Images
+				}
+				r, created, err := cl.CreateRelease(ctx, fleet, req)
 				if err != nil {
 					return fmt.Errorf("create a release of %s in fleet %s: %w", name, fleet, err)
 				}
 				if asJSON {
-					return printJSON(c.OutOrStdout(), r)
+					return printJSON(c.OutOrStdout(), releaseCreated{Release: r, Upload: up})
 				}
 				what := "created"
 				if !created {
@@ -79,7 +100,8 @@ berth release assign ID --fleet FLEET --all.`,
 	create.Flags().StringVar(&app, "app", "", "app name (default: the Compose project name)")
 	create.Flags().StringVar(&version, "version", "", "release version (default: git describe --tags --dirty --always)")
 	create.Flags().StringSliceVar(&profiles, "profile", nil, "Compose profiles to enable")
-	create.Flags().BoolVar(&asJSON, "json", false, "print the release as JSON (with \"id\")")
+	create.Flags().BoolVar(&noUpload, "no-upload", false, "do not upload images; record them by reference (devices must get them another way)")
+	create.Flags().BoolVar(&asJSON, "json", false, "print the release as JSON (with \"id\", and the upload under \"upload\")")
 
 	var limit int
 	list := &cobra.Command{
@@ -156,4 +178,87 @@ rollouts come later.`,
 
 	c.AddCommand(create, list, assign)
 	return c
+}
+
+// releaseCreated is release create's --json output: the release, and what
+// uploading its images cost.
+type releaseCreated struct {
+	*serverapi.Release
+	Upload *uploadResult `json:"upload,omitempty"`
+}
+
+// uploadResult is what uploading a release's images did.
+type uploadResult struct {
+	// Images pins each image reference of the Compose file to the ID
+	// uploaded (or found on the server already).
+	Images       map[string]string `json:"images"`
+	BytesChanged int64             `json:"bytes_changed"` // uncompressed bytes of the pieces the server lacked
+	BytesSent    int64             `json:"bytes_sent"`    // what went into the exchange
+	Transfer     []pushResult      `json:"transfer"`      // per source, as push --json
+}
+
+// uploadImages uploads the images of spec's services from the local engine
+// to the server, sending only what the server lacks, and returns the IDs to
+// pin. Progress goes to log unless quiet.
+func uploadImages(ctx context.Context, cl *serverapi.Client, spec *release.Spec, log io.Writer, quiet bool) (*uploadResult, error) {
+	say := func(format string, args ...any) {
+		if !quiet {
+			fmt.Fprintf(log, format+"\n", args...)
+		}
+	}
+	var refs []string
+	service := map[string]string{} // a service using each reference, for messages
+	for _, name := range sortedServices(spec) {
+		if ref := spec.Services[name].Image; ref != "" && service[ref] == "" {
+			service[ref] = name
+			refs = append(refs, ref)
+		}
+	}
+	res := &uploadResult{Images: map[string]string{}, Transfer: []pushResult{}}
+	if len(refs) == 0 {
+		return res, nil
+	}
+	eng, err := engine.New(ctx, "", "berth-cli")
+	if err != nil {
+		return nil, fmt.Errorf("the images are read from the local Docker Engine, which does not answer (give --no-upload to record them by reference only): %w", err)
+	}
+	defer eng.Close()
+	up := cl.Uploader()
+	info, err := up.ContentInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("ask the server what it holds: %w", err)
+	}
+	have := map[string]bool{}
+	for _, id := range info.Images {
+		have[id] = true
+	}
+	var send []string
+	for _, ref := range refs {
+		img, err := eng.Image(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("image %s of service %s is not in the local engine (docker images lists them; build it first, or give --no-upload): %w", ref, service[ref], err)
+		}
+		res.Images[ref] = img.ID
+		if have[img.ID] {
+			say("%s (%s) is on the server already", ref, release.ShortID(img.ID))
+			res.Transfer = append(res.Transfer, pushResult{Source: ref, Skipped: "on the server already"})
+			continue
+		}
+		send = append(send, ref)
+	}
+	if len(send) > 0 {
+		results, err := push(ctx, up, send, log, quiet, false)
+		res.Transfer = append(res.Transfer, results...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range res.Transfer {
+		if r.Summary != nil {
+			res.BytesChanged += r.Summary.BytesChanged
+			res.BytesSent += r.Summary.BytesSent
+		}
+	}
+	say("uploaded %d of %d images: %s changed, %s sent", len(send), len(refs), transfer.Human(res.BytesChanged), transfer.Human(res.BytesSent))
+	return res, nil
 }

@@ -168,19 +168,19 @@ func TestFleetCLI(t *testing.T) {
 
 	compose := filepath.Join(t.TempDir(), "compose.yaml")
 	os.WriteFile(compose, []byte("services:\n  web:\n    image: web:1\n    environment:\n      GREETING: hello\n  db:\n    image: db:1\n"), 0o644)
-	rel := decodeJSON[map[string]any](t, must(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1", "--json"))
+	rel := decodeJSON[map[string]any](t, must(t, "release", "create", "--no-upload", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1", "--json"))
 	id, _ := rel["id"].(string)
 	if !strings.HasPrefix(id, "sha256:") || rel["version"] != "v1" {
 		t.Fatalf("release create --json: %v", rel)
 	}
-	if again := decodeJSON[map[string]any](t, must(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1", "--json")); again["id"] != id {
+	if again := decodeJSON[map[string]any](t, must(t, "release", "create", "--no-upload", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1", "--json")); again["id"] != id {
 		t.Errorf("the same release again: %v, want id %s", again["id"], id)
 	}
-	if out := must(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1"); !strings.Contains(out, "already there") {
+	if out := must(t, "release", "create", "--no-upload", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v1"); !strings.Contains(out, "already there") {
 		t.Errorf("release create again:\n%s", out)
 	}
 	// Without --version: git describe, or "unversioned" outside a repository.
-	if out := must(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "hello"); !strings.Contains(out, "unversioned") {
+	if out := must(t, "release", "create", "--no-upload", "-f", compose, "--fleet", "lab", "--app", "hello"); !strings.Contains(out, "unversioned") {
 		t.Errorf("release create without --version:\n%s", out)
 	}
 	if out := must(t, "release", "list", "--fleet", "lab"); !strings.Contains(out, release.ShortID(id)) || !strings.Contains(out, "user:admin") {
@@ -257,7 +257,7 @@ func TestFleetCLI(t *testing.T) {
 
 	// Pin robot-b to v1, move the fleet to v2: robot-b stays; unpinned, it moves.
 	must(t, "device", "pin", "robot-b", "--fleet", "lab", "--release", id)
-	v2 := decodeJSON[map[string]any](t, must(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v2", "--json"))["id"].(string)
+	v2 := decodeJSON[map[string]any](t, must(t, "release", "create", "--no-upload", "-f", compose, "--fleet", "lab", "--app", "hello", "--version", "v2", "--json"))["id"].(string)
 	if out := must(t, "release", "assign", v2, "--fleet", "lab", "--all"); !strings.Contains(out, "1 device(s) moved, 1 already there or pinned") {
 		t.Errorf("assign past a pin:\n%s", out)
 	}

@@ -36,6 +36,15 @@ func Open(dir string) (*Store, error) {
 			return nil, fmt.Errorf("content store: %w", err)
 		}
 	}
+	// Old temporary files are what a crash left half written: drop them
+	// (recent ones may be another process's batch under way).
+	if ents, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.Remove(filepath.Join(dir, "tmp", e.Name()))
+			}
+		}
+	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
@@ -77,6 +86,97 @@ func (s *Store) Put(d Digest, data []byte) error {
 		return nil
 	}
 	return s.write(s.piecePath(d), s.enc.EncodeAll(data, nil))
+}
+
+// A Batch stores many pieces with one flush to disk instead of one each
+// (36,000 fsyncs take the best part of a minute on an SD card or a cloud
+// disk). Each piece goes to a temporary file; Commit flushes them all at once
+// and only then moves them into place, so a piece in the store always has its
+// bytes on disk. A crash before Commit leaves only temporary files, which a
+// later Open removes.
+type Batch struct {
+	s        *Store
+	tmp, dst []string
+	seen     map[Digest]bool
+}
+
+// Batch starts a batch.
+func (s *Store) Batch() *Batch { return &Batch{s: s, seen: map[Digest]bool{}} }
+
+// Put adds a piece, checked against d.
+func (b *Batch) Put(d Digest, data []byte) error {
+	if Sum(data) != d {
+		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
+	}
+	if b.seen[d] || b.s.Has(d) {
+		return nil
+	}
+	return b.add(d, b.s.enc.EncodeAll(data, nil))
+}
+
+// PutCompressed adds a piece that arrives zstd-compressed, checked against d.
+func (b *Batch) PutCompressed(d Digest, z []byte) error {
+	data, err := b.s.dec.DecodeAll(z, nil)
+	if err != nil {
+		return fmt.Errorf("piece %s: bad compression: %v: %w", d, err, ErrCorrupt)
+	}
+	if Sum(data) != d {
+		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
+	}
+	if b.seen[d] || b.s.Has(d) {
+		return nil
+	}
+	return b.add(d, z)
+}
+
+func (b *Batch) add(d Digest, z []byte) error {
+	f, err := os.CreateTemp(filepath.Join(b.s.dir, "tmp"), "batch-*")
+	if err != nil {
+		return err
+	}
+	b.tmp = append(b.tmp, f.Name())
+	_, err = f.Write(z)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if strings.Contains(err.Error(), "no space") {
+			return fmt.Errorf("content store %s: %v: %w", b.s.dir, err, release.ErrNoSpace)
+		}
+		return err
+	}
+	b.dst = append(b.dst, b.s.piecePath(d))
+	b.seen[d] = true
+	return nil
+}
+
+// Commit makes the batch's pieces durable and puts them in the store.
+func (b *Batch) Commit() error {
+	defer b.Abort()
+	if len(b.dst) == 0 {
+		return nil
+	}
+	if err := flush(b.s.dir, b.tmp); err != nil {
+		return err
+	}
+	for i, dst := range b.dst {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		if err := os.Rename(b.tmp[i], dst); err != nil {
+			return err
+		}
+	}
+	b.tmp, b.dst = nil, nil
+	return nil
+}
+
+// Abort drops what the batch has not committed.
+func (b *Batch) Abort() {
+	for _, t := range b.tmp {
+		os.Remove(t)
+	}
+	b.tmp, b.dst = nil, nil
 }
 
 // PutCompressed stores a piece that arrives zstd-compressed, checking it.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -97,5 +98,44 @@ func TestStore(t *testing.T) {
 	st, err = s.GC(GCPolicy{NotBefore: time.Now().Add(time.Minute)})
 	if err != nil || st.LayersRemoved != 1 || st.BytesKept != 0 {
 		t.Fatalf("GC of everything: %+v %v", st, err)
+	}
+}
+
+func TestBatch(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, c := []byte("piece a"), []byte("piece c")
+	b := s.Batch()
+	if err := b.Put(Sum(a), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(Sum(a), a); err != nil { // twice in one batch: once stored
+		t.Fatal(err)
+	}
+	if err := b.Put(Sum(c), []byte("not c")); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("misnamed piece in a batch: %v", err)
+	}
+	if s.Has(Sum(a)) {
+		t.Fatal("a piece is in the store before its batch is committed")
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(Sum(a)); err != nil || !bytes.Equal(got, a) {
+		t.Fatalf("after commit: %q %v", got, err)
+	}
+	b = s.Batch()
+	if err := b.Put(Sum(c), c); err != nil {
+		t.Fatal(err)
+	}
+	b.Abort()
+	if s.Has(Sum(c)) {
+		t.Fatal("an aborted batch's piece is in the store")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(s.dir, "tmp")); len(ents) != 0 {
+		t.Fatalf("%d temporary files left", len(ents))
 	}
 }

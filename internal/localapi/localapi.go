@@ -17,6 +17,12 @@ type DeployRequest struct {
 	Force bool `json:"force,omitempty"`
 	// LockTimeout overrides how long to wait for update locks (0: agent default).
 	LockTimeout release.Duration `json:"lock_timeout,omitempty"`
+	// By says who deploys (user@host); a fleet device reports it with the
+	// local override.
+	By string `json:"by,omitempty"`
+	// OverrideTTL, on a fleet device, returns the app to its fleet release
+	// that long after this deploy (0: until the next fleet release).
+	OverrideTTL release.Duration `json:"override_ttl,omitempty"`
 }
 
 // RollbackRequest asks the agent to switch an app back to a kept release.

@@ -168,8 +168,27 @@ func TestAuthMatrix(t *testing.T) {
 			"{user}": viewerID, "{token}": vts[0].ID, "{fleet}": "lab", "{service}": "web",
 			"{device}": devA.ID, "{app}": "app", "{release}": rel.ID,
 		}
+		// A paused rollout with no devices: readable, and the engine leaves it be.
+		ro, err := e.st.CreateRollout(ctx, store.Rollout{FleetID: f.ID, ReleaseID: rel.ID, Status: store.RolloutPaused, CreatedBy: "user:admin"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		values["{rollout}"] = ro.ID
+		// An image uploaded, pinned by a release of another app in A's target.
+		img := newImage(t, "img:1", layerTar(t, 1, 5, 0, -1, false))
+		if _, err := upload(t, openContentStore(t), e.admin, img); err != nil {
+			t.Fatal(err)
+		}
+		relImg, _, err := e.admin.CreateRelease(ctx, "lab", serverapi.CreateReleaseRequest{App: "img", Version: "v1", Spec: spec("img:1"), Images: map[string]string{"img:1": img.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.admin.Assign(ctx, "lab", relImg.ID, serverapi.AssignRequest{Devices: []string{"robot-a"}}); err != nil {
+			t.Fatal(err)
+		}
+		values["{image}"], values["{diffid}"] = img.ID, img.DiffIDs[0]
 		// What must never appear in a refusal.
-		leaks := []string{devA.ID, devB.ID, f.ID, rel.ID, f.ProvisioningKey, "robot-a", "hunter2", viewerID, vts[0].ID}
+		leaks := []string{devA.ID, devB.ID, f.ID, rel.ID, f.ProvisioningKey, "robot-a", "hunter2", viewerID, vts[0].ID, img.ID, img.DiffIDs[0]}
 		for _, tok := range tokens {
 			if tok != "" {
 				leaks = append(leaks, tok)
@@ -235,7 +254,7 @@ func TestAuthMatrix(t *testing.T) {
 				}
 				// Allowed reads succeed, but a device reads only its own.
 				wantRead := http.StatusOK
-				if who == "devB" && strings.HasPrefix(tmpl, "/v1/device/releases/") {
+				if who == "devB" && (strings.HasPrefix(tmpl, "/v1/device/releases/") || strings.HasPrefix(tmpl, "/v1/device/content/")) {
 					wantRead = http.StatusNotFound
 				}
 				if got != wantRead {
@@ -250,7 +269,7 @@ func TestAuthMatrix(t *testing.T) {
 			t.Errorf("refused requests changed something: %d audit entries, were %d", after, before)
 		}
 		d, err := e.admin.Device(ctx, devA.ID)
-		if err != nil || d.Name != "robot-a" || len(d.Target) != 1 {
+		if err != nil || d.Name != "robot-a" || len(d.Target) != 2 {
 			t.Errorf("device A after the refusals: %+v, %v", d, err)
 		}
 		// Device B's target is its own: no release of A's.

@@ -156,6 +156,11 @@ func newEnv(t *testing.T, b backend, o envOptions) *env {
 		e.adminToken = strings.TrimSpace(string(b))
 	}
 	e.secret(e.adminToken)
+	cs, err := server.OpenContent(filepath.Join(e.dir, "content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Content = cs
 	e.srv = server.New(st, opts)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -171,6 +176,7 @@ func newEnv(t *testing.T, b backend, o envOptions) *env {
 		hs.Close()
 		<-done
 		st.Close()
+		cs.Close()
 		logs := e.logs.String()
 		e.mu.Lock()
 		defer e.mu.Unlock()

@@ -52,9 +52,10 @@ func TestReleases(t *testing.T) {
 			t.Fatalf("v2: %+v, %v", v2, err)
 		}
 
-		// Images pin references to IDs.
+		// Images pin references to IDs (content elsewhere: TestContent
+		// has images uploaded to the server).
 		id := "sha256:" + strings.Repeat("ab", 32)
-		pinnedRel, _, err := deployer.CreateRelease(ctx, "lab", serverapi.CreateReleaseRequest{App: "app", Version: "v3", Spec: spec("web:v3", "db:1"), Images: map[string]string{"web:v3": id}})
+		pinnedRel, _, err := deployer.CreateRelease(ctx, "lab", serverapi.CreateReleaseRequest{App: "app", Version: "v3", Spec: spec("web:v3", "db:1"), Images: map[string]string{"web:v3": id}, Content: serverapi.ContentExternal})
 		if err != nil || pinnedRel.Spec.Services["web"].ImageID != id || pinnedRel.Spec.Services["db"].ImageID != "" {
 			t.Errorf("with images: %+v, %v", pinnedRel, err)
 		}

@@ -82,6 +82,9 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
+	if err := s.checkImages(ctx, f.ID, rel, req.Content); err != nil {
+		return err
+	}
 	spec, err := json.Marshal(rel.Spec)
 	if err != nil {
 		return err
@@ -95,7 +98,11 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
-		s.audit(r, p, "release.create", "release/"+rel.ID, map[string]any{"fleet": f.Name, "app": rel.App, "version": rel.Version})
+		details := map[string]any{"fleet": f.Name, "app": rel.App, "version": rel.Version}
+		if req.Content != serverapi.ContentServer {
+			details["content"] = req.Content
+		}
+		s.audit(r, p, "release.create", "release/"+rel.ID, details)
 	}
 	v, err := releaseView(stored, true)
 	if err != nil {

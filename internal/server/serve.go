@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 
 // Config is `berth server`'s.
 type Config struct {
-	DataDir string // admin.token, the self-signed certificate, SQLite's file
+	DataDir string // admin.token, the self-signed certificate, SQLite's file, content/
 	Listen  string // host:port
 	// DB is a PostgreSQL DSN (postgres://…), or empty for SQLite in DataDir.
 	DB string
@@ -99,7 +100,12 @@ func Serve(ctx context.Context, cfg Config) error {
 		log.Info("no admin had a token: one was made; it is in this file (keep it secret, log in with it, then make your own)", "path", path)
 	}
 
-	opts := Options{Logger: log, PollInterval: cfg.PollInterval}
+	cs, err := OpenContent(filepath.Join(cfg.DataDir, "content"))
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	opts := Options{Logger: log, PollInterval: cfg.PollInterval, Content: cs}
 	if st.Backend() == "postgres" {
 		opts.ListenDSN = cfg.DB
 	}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,6 +43,9 @@ type Options struct {
 	// notification announced (a LISTEN connection being re-established,
 	// a change made by something else). Default 5s.
 	Rescan time.Duration
+	// Content is where uploaded images are kept (OpenContent). Nil: the
+	// content endpoints answer 404 and releases can pin no image.
+	Content *Content
 }
 
 // Server serves the fleet API over a store.
@@ -52,6 +56,8 @@ type Server struct {
 	opts Options
 	hub  *hub
 	mux  *http.ServeMux
+
+	content *contentState // uploaded images, and who may read them
 
 	seen   throttle // devices' last_seen writes, at most one per PollInterval/3
 	used   throttle // tokens' last_used writes, at most one a minute
@@ -83,6 +89,8 @@ func New(st store.Store, opts Options) *Server {
 		opts: opts,
 		hub:  newHub(st, opts.Logger),
 		mux:  http.NewServeMux(),
+
+		content: newContentState(opts.Content),
 	}
 	s.routes()
 	return s
@@ -90,13 +98,15 @@ func New(st store.Store, opts Options) *Server {
 
 // Run does the server's background work until ctx ends: it watches the
 // store's target version and wakes the long polls whose device's target
-// changed, and on PostgreSQL LISTENs for changes other replicas make. When
-// it returns, every long poll under way has been answered (304) or soon is.
+// changed, and on PostgreSQL LISTENs for changes other replicas make; and
+// it runs the rollout engine (rollout_engine.go). When it returns, every
+// long poll under way has been answered (304) or soon is.
 func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if s.opts.ListenDSN != "" {
 		wg.Go(func() { s.listen(ctx, s.opts.ListenDSN) })
 	}
+	wg.Go(func() { s.runRollouts(ctx) })
 	s.hub.run(ctx, s.opts.Rescan)
 	wg.Wait()
 	return nil
@@ -147,7 +157,7 @@ type route struct {
 }
 
 func (s *Server) table() []route {
-	return []route{
+	return slices.Concat([]route{
 		{"GET /v1/health", needNone, s.health},
 		{"POST /v1/register", needNone, s.register},
 
@@ -189,7 +199,10 @@ func (s *Server) table() []route {
 		{"GET /v1/device/releases/{release}", needDevice, s.deviceRelease},
 
 		{"GET /v1/audit", needAdmin, s.listAudit},
-	}
+	},
+		s.contentRoutes(),
+		s.rolloutRoutes(),
+	)
 }
 
 // Route is an endpoint as tests see it: its pattern and the access it needs.

@@ -1,8 +1,9 @@
 // Package serverapi is the fleet server's HTTP API as its clients see it:
 // the request and response types of /v1 and a client for them. The CLI uses
 // it, and so will the agent's fleet mode, which is why it imports nothing of
-// the server, the store or SQL: only the standard library and the release
-// vocabulary. docs/api.md documents every endpoint.
+// the server, the store or SQL: only the standard library, the release
+// vocabulary, and for image content the exchange berthd links anyway
+// (transfer, localapi). docs/api.md documents every endpoint.
 package serverapi
 
 import (
@@ -197,7 +198,18 @@ type CreateReleaseRequest struct {
 	// Images pins image references to image IDs (sha256:…) for the
 	// services that use them and name no ImageID yet.
 	Images map[string]string `json:"images,omitempty"`
+	// Content says where devices get the pinned images: from the server
+	// (ContentServer, the default: each must have been uploaded, else 409)
+	// or elsewhere (ContentExternal: a registry, a LAN push, preloaded; not
+	// checked). It is not part of the release: the same release either way.
+	Content string `json:"content,omitempty"`
 }
+
+// Values of CreateReleaseRequest.Content.
+const (
+	ContentServer   = ""
+	ContentExternal = "external"
+)
 
 // AssignRequest is the body of POST …/releases/{release}/assign: the
 // devices (IDs or names) to move to the release, or all of the fleet's.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -121,9 +122,24 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxIdleTime(0)
 	// Open the writer first: it switches the file to WAL before any reader.
-	if err := w.PingContext(ctx); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("open SQLite %s: %w", path, err)
+	// Switching a fresh file to WAL takes an exclusive lock that SQLite
+	// does not wait for: another process opening it at the same moment
+	// gets "database is locked" at once, so retry for a while.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := w.PingContext(ctx)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "locked") || time.Now().After(deadline) {
+			w.Close()
+			return nil, fmt.Errorf("open SQLite %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			w.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	r := sql.OpenDB(rc)
 	r.SetMaxOpenConns(8)

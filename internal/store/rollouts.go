@@ -6,18 +6,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
-const rolloutCols = "id, fleet_id, release_id, app, params, status, created_by, created, updated"
+const rolloutCols = "id, fleet_id, release_id, app, params, status, created_by, created, updated, stage, state"
 
 func scanRollout(s scanner) (Rollout, error) {
 	var r Rollout
-	var params string
+	var params, state string
 	var created, updated int64
-	if err := s.Scan(&r.ID, &r.FleetID, &r.ReleaseID, &r.App, &params, &r.Status, &r.CreatedBy, &created, &updated); err != nil {
+	if err := s.Scan(&r.ID, &r.FleetID, &r.ReleaseID, &r.App, &params, &r.Status, &r.CreatedBy, &created, &updated, &r.Stage, &state); err != nil {
 		return Rollout{}, err
 	}
 	r.Params = json.RawMessage(params)
+	r.State = json.RawMessage(state)
 	r.Created = fromMicros(created)
 	r.Updated = fromMicros(updated)
 	return r, nil
@@ -40,7 +42,14 @@ func (db *DB) CreateRollout(ctx context.Context, r Rollout, devices []RolloutDev
 	if r.Status != RolloutRunning && r.Status != RolloutPaused {
 		return Rollout{}, fmt.Errorf("create rollout of release %s: status %q: want running or paused: %w", r.ReleaseID, r.Status, ErrInvalid)
 	}
+	if len(r.State) == 0 {
+		r.State = json.RawMessage("{}")
+	}
+	if !validJSON(r.State) {
+		return Rollout{}, fmt.Errorf("create rollout of release %s: state is not JSON: %w", r.ReleaseID, ErrInvalid)
+	}
 	r.ID = newID()
+	r.Stage = 0
 	r.Created = db.now()
 	r.Updated = r.Created
 	err := db.inTx(ctx, func(tx *sql.Tx) error {
@@ -49,8 +58,8 @@ func (db *DB) CreateRollout(ctx context.Context, r Rollout, devices []RolloutDev
 			return err
 		}
 		r.App = app
-		_, err = tx.ExecContext(ctx, "INSERT INTO rollouts ("+rolloutCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-			r.ID, r.FleetID, r.ReleaseID, r.App, string(r.Params), string(r.Status), r.CreatedBy, micros(r.Created), micros(r.Updated))
+		_, err = tx.ExecContext(ctx, "INSERT INTO rollouts ("+rolloutCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+			r.ID, r.FleetID, r.ReleaseID, r.App, string(r.Params), string(r.Status), r.CreatedBy, micros(r.Created), micros(r.Updated), r.Stage, string(r.State))
 		if isUnique(err) {
 			return fmt.Errorf("a rollout of app %s is already running or paused in the fleet: %w", app, ErrConflict)
 		}
@@ -106,11 +115,24 @@ func (db *DB) ListRollouts(ctx context.Context, fleetID string) ([]Rollout, erro
 
 // SetRolloutStatus implements Store.
 func (db *DB) SetRolloutStatus(ctx context.Context, id string, from, to RolloutStatus) (Rollout, error) {
+	return db.UpdateRollout(ctx, id, from, to, nil)
+}
+
+// UpdateRollout implements Store.
+func (db *DB) UpdateRollout(ctx context.Context, id string, from, to RolloutStatus, state json.RawMessage) (Rollout, error) {
 	if !to.Valid() {
 		return Rollout{}, fmt.Errorf("set status of rollout %s: status %q: %w", id, to, ErrInvalid)
 	}
-	r, err := scanRollout(db.w.QueryRowContext(ctx, "UPDATE rollouts SET status = $3, updated = $4 WHERE id = $1 AND status = $2 RETURNING "+rolloutCols,
-		id, string(from), string(to), micros(db.now())))
+	q, args := "UPDATE rollouts SET status = $3, updated = $4 WHERE id = $1 AND status = $2 RETURNING "+rolloutCols,
+		[]any{id, string(from), string(to), micros(db.now())}
+	if state != nil {
+		if !validJSON(state) {
+			return Rollout{}, fmt.Errorf("set state of rollout %s: not JSON: %w", id, ErrInvalid)
+		}
+		q = "UPDATE rollouts SET status = $3, updated = $4, state = $5 WHERE id = $1 AND status = $2 RETURNING " + rolloutCols
+		args = append(args, string(state))
+	}
+	r, err := scanRollout(db.w.QueryRowContext(ctx, q, args...))
 	if isUnique(err) {
 		return Rollout{}, fmt.Errorf("set status of rollout %s to %s: another rollout of the app is active: %w", id, to, ErrConflict)
 	}
@@ -132,10 +154,10 @@ func (db *DB) RolloutDevices(ctx context.Context, rolloutID string) ([]RolloutDe
 	ds, err := queryAll(ctx, db.r, func(s scanner) (RolloutDevice, error) {
 		d := RolloutDevice{RolloutID: rolloutID}
 		var updated int64
-		err := s.Scan(&d.DeviceID, &d.Stage, &d.PreviousRelease, &d.Status, &d.Detail, &updated)
+		err := s.Scan(&d.DeviceID, &d.Stage, &d.PreviousRelease, &d.Status, &d.Detail, &updated, &d.StateVersion)
 		d.Updated = fromMicros(updated)
 		return d, err
-	}, `SELECT device_id, stage, previous_release, status, detail, updated FROM rollout_devices
+	}, `SELECT device_id, stage, previous_release, status, detail, updated, state_version FROM rollout_devices
 		WHERE rollout_id = $1 ORDER BY stage, device_id`, rolloutID)
 	if err != nil {
 		return nil, fmt.Errorf("devices of rollout %s: %w", rolloutID, err)
@@ -151,4 +173,114 @@ func (db *DB) UpdateRolloutDevice(ctx context.Context, d RolloutDevice) error {
 	res, err := db.w.ExecContext(ctx, "UPDATE rollout_devices SET status = $3, detail = $4, updated = $5 WHERE rollout_id = $1 AND device_id = $2",
 		d.RolloutID, d.DeviceID, d.Status, d.Detail, micros(db.now()))
 	return mustAffect(res, err, "update device %s of rollout %s", d.DeviceID, d.RolloutID)
+}
+
+// ActiveRollouts implements Store.
+func (db *DB) ActiveRollouts(ctx context.Context) ([]Rollout, error) {
+	rs, err := queryAll(ctx, db.r, scanRollout, "SELECT "+rolloutCols+" FROM rollouts WHERE status IN ('running', 'paused') ORDER BY created, id")
+	if err != nil {
+		return nil, fmt.Errorf("active rollouts: %w", err)
+	}
+	return rs, nil
+}
+
+// SetRolloutDevice implements Store.
+func (db *DB) SetRolloutDevice(ctx context.Context, d RolloutDevice, from string) error {
+	if err := checkText("set rollout device", d.Status, d.Detail, from); err != nil {
+		return err
+	}
+	res, err := db.w.ExecContext(ctx, `UPDATE rollout_devices SET status = $4, detail = $5, updated = $6
+		WHERE rollout_id = $1 AND device_id = $2 AND status = $3`,
+		d.RolloutID, d.DeviceID, from, d.Status, d.Detail, micros(db.now()))
+	err = mustAffect(res, err, "set device %s of rollout %s to %s", d.DeviceID, d.RolloutID, d.Status)
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var cur string
+	if db.r.QueryRowContext(ctx, "SELECT status FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2", d.RolloutID, d.DeviceID).Scan(&cur) != nil {
+		return err
+	}
+	return fmt.Errorf("set device %s of rollout %s to %s: it is %s, not %s: %w", d.DeviceID, d.RolloutID, d.Status, cur, from, ErrConflict)
+}
+
+// MoveRolloutStage implements Store.
+func (db *DB) MoveRolloutStage(ctx context.Context, rolloutID string, stage int) ([]RolloutDevice, error) {
+	var moved []RolloutDevice
+	err := db.inTx(ctx, func(tx *sql.Tx) error {
+		moved = nil
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		now := db.now()
+		// The update locks the rollout's row until the transaction ends:
+		// a pause or an abort either comes before it (and nothing moves)
+		// or waits for it (and sees every device it moved).
+		var fleetID, releaseID, app string
+		err = tx.QueryRowContext(ctx, `UPDATE rollouts SET stage = $2, updated = CASE WHEN stage = $2 THEN updated ELSE $4 END
+			WHERE id = $1 AND status = 'running' AND (stage = $2 OR stage = $3)
+			RETURNING fleet_id, release_id, app`, rolloutID, stage, stage-1, micros(now)).Scan(&fleetID, &releaseID, &app)
+		if errors.Is(err, sql.ErrNoRows) {
+			var status RolloutStatus
+			var cur int
+			if err := tx.QueryRowContext(ctx, "SELECT status, stage FROM rollouts WHERE id = $1", rolloutID).Scan(&status, &cur); err != nil {
+				return notFound(err, "rollout %s", rolloutID)
+			}
+			return fmt.Errorf("rollout %s is %s at stage %d: %w", rolloutID, status, cur, ErrConflict)
+		}
+		if err != nil {
+			return err
+		}
+		ids, err := queryAll(ctx, tx, func(s scanner) (string, error) {
+			var id string
+			return id, s.Scan(&id)
+		}, "SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND stage = $2 AND status = $3 ORDER BY device_id",
+			rolloutID, stage, RolloutDevicePending)
+		if err != nil {
+			return err
+		}
+		var changed []any
+		for _, id := range ids {
+			d := RolloutDevice{RolloutID: rolloutID, DeviceID: id, Stage: stage, Status: RolloutDeviceUpdating, Updated: now}
+			var pinned bool
+			err := tx.QueryRowContext(ctx, "SELECT release_id, pinned FROM device_apps WHERE device_id = $1 AND app = $2", id, app).Scan(&d.PreviousRelease, &pinned)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("device %s: %w", id, err)
+			}
+			if err := tx.QueryRowContext(ctx, "SELECT state_version FROM devices WHERE id = $1", id).Scan(&d.StateVersion); err != nil {
+				return fmt.Errorf("device %s: %w", id, err)
+			}
+			switch {
+			case pinned && d.PreviousRelease != releaseID:
+				d.Status, d.Detail = RolloutDeviceSkipped, "pinned to "+d.PreviousRelease
+			case d.PreviousRelease != releaseID:
+				_, err := tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
+					VALUES ($1, $2, $3, $4, FALSE, $5)
+					ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated`,
+					id, app, fleetID, releaseID, micros(now))
+				if err != nil {
+					return fmt.Errorf("device %s: %w", id, err)
+				}
+				changed = append(changed, id)
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE rollout_devices SET status = $3, detail = $4, previous_release = $5, state_version = $6, updated = $7
+				WHERE rollout_id = $1 AND device_id = $2 AND status = $8`,
+				rolloutID, id, d.Status, d.Detail, d.PreviousRelease, d.StateVersion, micros(now), RolloutDevicePending)
+			if err != nil {
+				return fmt.Errorf("device %s: %w", id, err)
+			}
+			moved = append(moved, d)
+		}
+		// In chunks, well below either database's limit on query parameters.
+		for chunk := range slices.Chunk(changed, 500) {
+			if err := db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(chunk))+")", chunk...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("move stage %d of rollout %s: %w", stage, rolloutID, err)
+	}
+	return moved, nil
 }

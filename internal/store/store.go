@@ -196,6 +196,29 @@ type Store interface {
 	RolloutDevices(ctx context.Context, rolloutID string) ([]RolloutDevice, error)
 	// UpdateRolloutDevice records a device's progress (Status, Detail).
 	UpdateRolloutDevice(ctx context.Context, d RolloutDevice) error
+	// ActiveRollouts returns every running or paused rollout of every
+	// fleet, oldest first: what the server's rollout engine looks after.
+	ActiveRollouts(ctx context.Context) ([]Rollout, error)
+	// UpdateRollout moves a rollout from one status to another as
+	// SetRolloutStatus does (ErrConflict if it is not in from any more),
+	// and replaces its State in the same write (nil State: kept).
+	UpdateRollout(ctx context.Context, id string, from, to RolloutStatus, state json.RawMessage) (Rollout, error)
+	// MoveRolloutStage moves the pending devices of one stage of a running
+	// rollout to its release, in one transaction. The rollout must be at
+	// that stage or the one before, and then advances to it; otherwise
+	// (paused, aborted, or another replica is further on) ErrConflict and
+	// nothing changes. Each pending device of the stage gets, at once:
+	// PreviousRelease, the release of the app its target had ("" for
+	// none); StateVersion, its state version then; its target pointed at
+	// the release, with a new target version if that changed it; and
+	// status RolloutDeviceUpdating — or RolloutDeviceSkipped, untouched,
+	// if it is pinned to another release of the app. It returns the
+	// devices it moved; none when another replica moved them first.
+	MoveRolloutStage(ctx context.Context, rolloutID string, stage int) ([]RolloutDevice, error)
+	// SetRolloutDevice records a device's progress (Status, Detail) if its
+	// status is still from; else ErrConflict (another replica recorded
+	// something first), or ErrNotFound if the device is not in the rollout.
+	SetRolloutDevice(ctx context.Context, d RolloutDevice, from string) error
 
 	// AppendAudit records who did what; entries are never changed.
 	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)
@@ -348,8 +371,8 @@ func (s RolloutStatus) Valid() bool {
 }
 
 // Rollout moves a fleet's devices to a release in stages. Params (stages,
-// canary, batch size, failure threshold) belong to the server; the store
-// keeps them as given.
+// canary, batch size, failure threshold) and State (what the server
+// records as it goes) belong to the server; the store keeps them as given.
 type Rollout struct {
 	ID        string          `json:"id"`
 	FleetID   string          `json:"fleet_id"`
@@ -357,6 +380,10 @@ type Rollout struct {
 	App       string          `json:"app"` // the release's, filled in by CreateRollout
 	Params    json.RawMessage `json:"params"`
 	Status    RolloutStatus   `json:"status"`
+	// Stage is the stage under way: 0 at first, moved on by MoveRolloutStage.
+	Stage int `json:"stage"`
+	// State is the server's JSON ("{}" at first), set with UpdateRollout.
+	State     json.RawMessage `json:"state"`
 	CreatedBy string          `json:"created_by"`
 	Created   time.Time       `json:"created"`
 	Updated   time.Time       `json:"updated"`
@@ -373,7 +400,18 @@ type RolloutDevice struct {
 	Status          string    `json:"status"`
 	Detail          string    `json:"detail,omitempty"`
 	Updated         time.Time `json:"updated"`
+	// StateVersion is the device's state version when MoveRolloutStage
+	// moved it: reports with a higher one were made after the move.
+	StateVersion int64 `json:"state_version,omitempty"`
 }
+
+// The statuses of a rollout's device that the store sets itself; the
+// server adds its own (healthy, failed, reverted, …).
+const (
+	RolloutDevicePending  = "pending"  // not reached yet: CreateRollout's default
+	RolloutDeviceUpdating = "updating" // moved to the release by MoveRolloutStage
+	RolloutDeviceSkipped  = "skipped"  // pinned to another release when its stage came
+)
 
 // AuditEntry is one thing someone did. ID grows with every entry.
 type AuditEntry struct {

@@ -43,16 +43,18 @@ func (r Receiver) Missing(q []byte) ([]byte, error) {
 	return out, nil
 }
 
-// PutBatch stores the pieces of one batch. Pieces stored before a bad one
-// stay stored; the error says so.
+// PutBatch stores the pieces of one batch, durably before it answers (one
+// flush for the batch). Pieces stored before a bad one stay stored; the
+// error says so.
 func (r Receiver) PutBatch(body []byte) (localapi.PutPiecesResponse, error) {
 	var resp localapi.PutPiecesResponse
+	b := r.Store.Batch()
 	bad := func(err error) error {
 		return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
 	}
 	err := DecodeFrames(body, func(f Frame) error {
 		if f.Kind == KindDelta {
-			n, err := r.putDelta(f)
+			n, err := r.putDelta(b, f)
 			if err != nil {
 				return bad(err)
 			}
@@ -60,9 +62,9 @@ func (r Receiver) PutBatch(body []byte) (localapi.PutPiecesResponse, error) {
 			resp.Bytes += int64(len(f.Data))
 			return nil
 		}
-		put := r.Store.PutCompressed
+		put := b.PutCompressed
 		if f.Kind == KindRaw {
-			put = r.Store.Put
+			put = b.Put
 		}
 		if err := put(f.Digest, f.Data); err != nil {
 			if errors.Is(err, content.ErrCorrupt) {
@@ -74,19 +76,22 @@ func (r Receiver) PutBatch(body []byte) (localapi.PutPiecesResponse, error) {
 		resp.Bytes += int64(len(f.Data))
 		return nil
 	})
+	if cerr := b.Commit(); err == nil {
+		err = cerr
+	}
 	return resp, err
 }
 
 // putDelta rebuilds a changed file from its old version (pieces the store
-// holds) and a binary delta, and stores the new file's pieces.
-func (r Receiver) putDelta(f Frame) (int, error) {
+// holds) and a binary delta, and adds the new file's pieces to b.
+func (r Receiver) putDelta(b *content.Batch, f Frame) (int, error) {
 	var base []byte
 	for _, p := range f.Base {
-		b, err := r.Store.Get(p.Digest)
+		data, err := r.Store.Get(p.Digest)
 		if err != nil {
 			return 0, fmt.Errorf("delta base: %w", err)
 		}
-		if base = append(base, b...); len(base) > maxDeltaFile {
+		if base = append(base, data...); len(base) > maxDeltaFile {
 			return 0, fmt.Errorf("delta base larger than %d MiB", maxDeltaFile>>20)
 		}
 	}
@@ -105,7 +110,7 @@ func (r Receiver) putDelta(f Frame) (int, error) {
 		return 0, fmt.Errorf("delta produced %d bytes, the pieces add up to %d: %w", len(out), total, content.ErrCorrupt)
 	}
 	for _, p := range f.Targets {
-		if err := r.Store.Put(p.Digest, out[:p.Size]); err != nil {
+		if err := b.Put(p.Digest, out[:p.Size]); err != nil {
 			return 0, err
 		}
 		out = out[p.Size:]

@@ -132,8 +132,13 @@ func (s *Sender) Push(ctx context.Context, archive io.Reader) (*Summary, error) 
 	s.progress(Progress{Stage: "read", Message: "reading and indexing the image layers"})
 	indexes := map[string]*content.Index{}
 	imgs, err := imagetar.ReadFor(archive, s.Arch, func(_ string, r io.Reader) (string, error) {
-		ix, err := content.Split(r, s.Store.Put)
+		b := s.Store.Batch()
+		ix, err := content.Split(r, b.Put)
+		if err == nil {
+			err = b.Commit()
+		}
 		if err != nil {
+			b.Abort()
 			return "", err
 		}
 		if err := s.Store.PutIndex(ix); err != nil {

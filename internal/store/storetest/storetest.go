@@ -39,6 +39,7 @@ func Run(t *testing.T, open Opener) {
 		{"Targets", testTargets},
 		{"Env", testEnv},
 		{"Rollouts", testRollouts},
+		{"RolloutStages", testRolloutStages},
 		{"Audit", testAudit},
 		{"Concurrent", testConcurrent},
 	} {
@@ -710,6 +711,116 @@ func testRollouts(t *testing.T, s store.Store, _ *Clock) {
 	if ds := try(s.RolloutDevices(ctx, ro.ID)).must(t); len(ds) != 1 || ds[0].DeviceID != r2.ID {
 		t.Errorf("after deleting r1: %+v", ds)
 	}
+}
+
+// testRolloutStages: MoveRolloutStage moves a stage's pending devices
+// once, recording what they had, skipping pinned ones, only while the
+// rollout runs; UpdateRollout and SetRolloutDevice are compare-and-set.
+func testRolloutStages(t *testing.T, s store.Store, _ *Clock) {
+	lab := try(s.CreateFleet(ctx, "lab", "")).must(t)
+	nav1 := rel(s.CreateRelease(ctx, newRelease(lab.ID, "nav", "v1"))).must(t)
+	nav2 := rel(s.CreateRelease(ctx, newRelease(lab.ID, "nav", "v2"))).must(t)
+	var ds []store.Device
+	for _, name := range []string{"r1", "r2", "r3", "r4"} {
+		ds = append(ds, try(s.CreateDevice(ctx, lab.ID, name, store.NewSecret("bd"))).must(t))
+	}
+	r1, r2, r3, r4 := ds[0], ds[1], ds[2], ds[3]
+	// r1 and r2 run v1, r3 is pinned to v1, r4 has no nav yet.
+	try(s.AssignRelease(ctx, lab.ID, nav1.ID, []string{r1.ID, r2.ID})).must(t)
+	is(t, s.PinRelease(ctx, r3.ID, nav1.ID), nil, "pin r3")
+	try(s.SetDeviceState(ctx, r1.ID, json.RawMessage(`{"apps":{}}`), store.AnyVersion)).must(t)
+
+	ro := try(s.CreateRollout(ctx, store.Rollout{FleetID: lab.ID, ReleaseID: nav2.ID, CreatedBy: "user:alice"}, []store.RolloutDevice{
+		{DeviceID: r1.ID, Stage: 0}, {DeviceID: r2.ID, Stage: 1}, {DeviceID: r3.ID, Stage: 1}, {DeviceID: r4.ID, Stage: 2},
+	})).must(t)
+	if ro.Stage != 0 || string(ro.State) != "{}" {
+		t.Errorf("a new rollout: stage %d, state %s", ro.Stage, ro.State)
+	}
+	active := try(s.ActiveRollouts(ctx)).must(t)
+	if len(active) != 1 || active[0].ID != ro.ID {
+		t.Errorf("active rollouts: %+v", active)
+	}
+
+	_, err := s.MoveRolloutStage(ctx, ro.ID, 2)
+	is(t, err, store.ErrConflict, "skip stage 1")
+	before := try(s.TargetVersion(ctx, r2.ID)).must(t)
+	moved := try(s.MoveRolloutStage(ctx, ro.ID, 0)).must(t)
+	if len(moved) != 1 || moved[0].DeviceID != r1.ID || moved[0].Status != store.RolloutDeviceUpdating ||
+		moved[0].PreviousRelease != nav1.ID || moved[0].StateVersion != 1 {
+		t.Errorf("stage 0 moved: %+v", moved)
+	}
+	if as := try(s.DeviceApps(ctx, r1.ID)).must(t); len(as) != 1 || as[0].ReleaseID != nav2.ID {
+		t.Errorf("r1's target after stage 0: %+v", as)
+	}
+	if try(s.TargetVersion(ctx, r2.ID)).must(t) != before {
+		t.Error("stage 0 moved r2's target")
+	}
+	if again := try(s.MoveRolloutStage(ctx, ro.ID, 0)).must(t); len(again) != 0 {
+		t.Errorf("stage 0 again moved %+v", again)
+	}
+
+	// The device's progress, compare-and-set.
+	done := store.RolloutDevice{RolloutID: ro.ID, DeviceID: r1.ID, Status: "healthy"}
+	is(t, s.SetRolloutDevice(ctx, done, store.RolloutDeviceUpdating), nil, "r1 healthy")
+	is(t, s.SetRolloutDevice(ctx, done, store.RolloutDeviceUpdating), store.ErrConflict, "r1 healthy again")
+	is(t, s.SetRolloutDevice(ctx, store.RolloutDevice{RolloutID: ro.ID, DeviceID: "nobody", Status: "x"}, "y"), store.ErrNotFound, "no such device")
+
+	// Paused, nothing moves; running again, stage 1 moves past the pin.
+	paused, err := s.UpdateRollout(ctx, ro.ID, store.RolloutRunning, store.RolloutPaused, json.RawMessage(`{"reason":"r1 failed"}`))
+	is(t, err, nil, "pause with a reason")
+	if paused.Status != store.RolloutPaused || string(paused.State) != `{"reason":"r1 failed"}` {
+		t.Errorf("paused: %+v", paused)
+	}
+	_, err = s.UpdateRollout(ctx, ro.ID, store.RolloutRunning, store.RolloutPaused, json.RawMessage(`{}`))
+	is(t, err, store.ErrConflict, "pause twice")
+	_, err = s.UpdateRollout(ctx, ro.ID, store.RolloutPaused, store.RolloutRunning, json.RawMessage(`{`))
+	is(t, err, store.ErrInvalid, "state not JSON")
+	_, err = s.MoveRolloutStage(ctx, ro.ID, 1)
+	is(t, err, store.ErrConflict, "move while paused")
+	if d := try(s.DeviceApps(ctx, r2.ID)).must(t); d[0].ReleaseID != nav1.ID {
+		t.Errorf("a paused rollout moved r2: %+v", d)
+	}
+	resumed := try(s.SetRolloutStatus(ctx, ro.ID, store.RolloutPaused, store.RolloutRunning)).must(t)
+	if string(resumed.State) != `{"reason":"r1 failed"}` {
+		t.Errorf("SetRolloutStatus changed the state: %s", resumed.State)
+	}
+	moved = try(s.MoveRolloutStage(ctx, ro.ID, 1)).must(t)
+	diff(t, "stage 1 moved", sorted(r2.ID+" updating ", r3.ID+" skipped pinned to "+nav1.ID), rolloutDeviceSummary(moved))
+	if r, _ := s.Rollout(ctx, ro.ID); r.Stage != 1 {
+		t.Errorf("rollout at stage %d, want 1", r.Stage)
+	}
+	if d := try(s.DeviceApps(ctx, r3.ID)).must(t); d[0].ReleaseID != nav1.ID || !d[0].Pinned {
+		t.Errorf("the pinned r3 moved: %+v", d)
+	}
+	_, err = s.MoveRolloutStage(ctx, ro.ID, 0)
+	is(t, err, store.ErrConflict, "back to stage 0")
+
+	// r4 had no nav: its previous release is none, and it gets one.
+	moved = try(s.MoveRolloutStage(ctx, ro.ID, 2)).must(t)
+	if len(moved) != 1 || moved[0].DeviceID != r4.ID || moved[0].PreviousRelease != "" {
+		t.Errorf("stage 2 moved: %+v", moved)
+	}
+	if d := try(s.DeviceApps(ctx, r4.ID)).must(t); len(d) != 1 || d[0].ReleaseID != nav2.ID {
+		t.Errorf("r4's target: %+v", d)
+	}
+	got := try(s.RolloutDevices(ctx, ro.ID)).must(t)
+	diff(t, "rollout devices", sorted(r1.ID+" healthy ", r2.ID+" updating ", r3.ID+" skipped pinned to "+nav1.ID, r4.ID+" updating "), rolloutDeviceSummary(got))
+
+	try(s.SetRolloutStatus(ctx, ro.ID, store.RolloutRunning, store.RolloutCompleted)).must(t)
+	if active := try(s.ActiveRollouts(ctx)).must(t); len(active) != 0 {
+		t.Errorf("active after completion: %+v", active)
+	}
+	_, err = s.MoveRolloutStage(ctx, "nothing", 0)
+	is(t, err, store.ErrNotFound, "move no rollout")
+}
+
+// rolloutDeviceSummary is "ID status detail" per device, sorted.
+func rolloutDeviceSummary(ds []store.RolloutDevice) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.DeviceID+" "+d.Status+" "+d.Detail)
+	}
+	return sorted(out...)
 }
 
 func testAudit(t *testing.T, s store.Store, clock *Clock) {

@@ -1,0 +1,384 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/transfer"
+)
+
+// Fleet mode: berthd registers once with a fleet server (its device token
+// goes in <state-dir>/device.json, mode 0600), long-polls its target, fetches
+// the content a target needs through the exchange, switches each app with
+// the same safe switch as a LAN deploy, and reports its state. The server
+// being unreachable changes nothing on the device: the running releases keep
+// running, and the agent catches up when the server answers again.
+
+// FleetConfig is how berthd reaches its fleet server.
+type FleetConfig struct {
+	Server          string // https://host:port
+	ProvisioningKey string // used once, to register
+	Fingerprint     string // SHA-256 of the server's TLS certificate, pinned
+	// PollWait is how long one long poll waits (default 30 s).
+	PollWait time.Duration
+}
+
+// deviceFile is <state-dir>/device.json: the registration.
+type deviceFile struct {
+	Server      string `json:"server"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	DeviceID    string `json:"device_id"`
+	Fleet       string `json:"fleet"`
+	Name        string `json:"name"`
+	Token       string `json:"token"`
+}
+
+// fleet is the agent's fleet mode while it runs.
+type fleet struct {
+	mu     sync.Mutex
+	target *serverapi.Target // the last target received
+}
+
+// inTarget reports whether app is in the device's fleet target.
+func (f *fleet) inTarget(app string) bool {
+	if f == nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.target != nil && f.target.Apps[app] != nil
+}
+
+// lanOrigin is the origin of a deploy through the local API: on a fleet
+// device, for an app of its fleet target, a local override.
+func (a *Agent) lanOrigin(app, by string, ttl time.Duration) origin {
+	if !a.fleet.inTarget(app) {
+		return origin{}
+	}
+	if by == "" {
+		by = "the local API"
+	}
+	o := &release.Override{By: by, Since: a.now().UTC()}
+	if ttl > 0 {
+		until := o.Since.Add(ttl)
+		o.Until = &until
+	}
+	return origin{override: o}
+}
+
+// runFleet is fleet mode's loop: register, then follow the target until ctx
+// ends.
+func (a *Agent) runFleet(ctx context.Context) {
+	cfg := a.cfg.Fleet
+	wait := cfg.PollWait
+	if wait <= 0 {
+		wait = 30 * time.Second
+	}
+	var cl *serverapi.Client
+	for delay := time.Second; ; delay = nextDelay(delay) {
+		var err error
+		if cl, err = a.registered(ctx); err == nil {
+			break
+		}
+		a.log.Error("fleet: not registered; retrying", "server", cfg.Server, "error", err, "retry_in", delay.Round(time.Second))
+		if !pause(ctx, delay) {
+			return
+		}
+	}
+	defer cl.Close()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.reportLoop(ctx, cl)
+	}()
+	var known int64
+	var pending *serverapi.Target // a target not fully applied yet
+	for delay := time.Second; ctx.Err() == nil; {
+		w := wait
+		if pending != nil {
+			w = min(wait, 5*time.Second) // come back soon to finish it
+		}
+		t, changed, err := cl.Target(ctx, known, w)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("fleet: server unreachable; the running releases keep running", "server", cfg.Server, "error", err, "retry_in", delay.Round(time.Second))
+			if !pause(ctx, delay) {
+				return
+			}
+			delay = nextDelay(delay)
+			continue
+		}
+		delay = time.Second
+		if changed {
+			a.fleet.mu.Lock()
+			a.fleet.target = t
+			a.fleet.mu.Unlock()
+			known, pending = t.Version, t
+		}
+		if pending != nil && a.applyTarget(ctx, cl, pending) {
+			pending = nil
+		}
+		if pending == nil && a.overrideExpired() {
+			pending = a.fleetTarget()
+		}
+	}
+}
+
+func nextDelay(d time.Duration) time.Duration {
+	d = d * 2
+	if d > time.Minute {
+		d = time.Minute
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1)) // jitter: a fleet must not reconnect in step
+}
+
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (a *Agent) fleetTarget() *serverapi.Target {
+	a.fleet.mu.Lock()
+	defer a.fleet.mu.Unlock()
+	return a.fleet.target
+}
+
+// registered returns a client for the server with the device's token,
+// registering first if this state directory has no registration yet.
+func (a *Agent) registered(ctx context.Context) (*serverapi.Client, error) {
+	cfg := a.cfg.Fleet
+	path := filepath.Join(a.cfg.StateDir, "device.json")
+	var dev deviceFile
+	err := readJSON(path, &dev)
+	if errors.Is(err, os.ErrNotExist) {
+		if cfg.ProvisioningKey == "" {
+			return nil, fmt.Errorf("this device is not registered and no provisioning key was given (--provisioning-key or BERTH_PROVISIONING_KEY): %w", release.ErrInvalid)
+		}
+		cl, err := serverapi.New(cfg.Server, serverapi.Options{Fingerprint: cfg.Fingerprint})
+		if err != nil {
+			return nil, err
+		}
+		defer cl.Close()
+		reg, err := cl.Register(ctx, serverapi.RegisterRequest{ProvisioningKey: cfg.ProvisioningKey, Name: a.cfg.Name, Arch: runtime.GOARCH, AgentVersion: a.cfg.Version})
+		if err != nil {
+			return nil, fmt.Errorf("register with %s: %w", cfg.Server, err)
+		}
+		dev = deviceFile{Server: cfg.Server, Fingerprint: cfg.Fingerprint, DeviceID: reg.Device.ID, Fleet: reg.Device.Fleet, Name: reg.Device.Name, Token: reg.Token}
+		if err := writeJSON(path, dev); err != nil { // 0600, as every state file
+			return nil, fmt.Errorf("keep the registration: %w", err)
+		}
+		a.log.Info("fleet: registered", "server", cfg.Server, "fleet", dev.Fleet, "device", dev.Name, "id", dev.DeviceID)
+	} else if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	} else if dev.Server != cfg.Server {
+		return nil, fmt.Errorf("this device is registered with %s, not %s; remove %s to register again: %w", dev.Server, cfg.Server, path, release.ErrConflict)
+	}
+	fp := cfg.Fingerprint
+	if fp == "" {
+		fp = dev.Fingerprint
+	}
+	return serverapi.New(dev.Server, serverapi.Options{Token: dev.Token, Fingerprint: fp})
+}
+
+// applyTarget brings every app of t to its fleet release, except apps under
+// a local override. It reports whether all of them got there or cannot on
+// their own (a release that failed here is not retried); false means try
+// again soon.
+func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *serverapi.Target) bool {
+	apps := make([]string, 0, len(t.Apps))
+	for app := range t.Apps {
+		apps = append(apps, app)
+	}
+	sort.Strings(apps)
+	done := true
+	for _, app := range apps {
+		ok, err := a.applyApp(ctx, cl, t.Apps[app])
+		if err != nil {
+			a.log.Warn("fleet: app not switched yet; retrying", "app", app, "error", err)
+		}
+		done = done && ok
+	}
+	return done
+}
+
+func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release) (bool, error) {
+	app := fr.App
+	rec, err := a.store.record(app)
+	if err != nil {
+		return false, err
+	}
+	if rec.Override != nil && (rec.Override.Until == nil || a.now().Before(*rec.Override.Until)) {
+		return true, nil // a LAN deploy stands in for the fleet release
+	}
+	req := localapi.DeployRequest{Version: fr.Version, Spec: fr.Spec}
+	if err := a.fetchImages(ctx, cl, fr); err != nil {
+		return false, err
+	}
+	rel, err := a.pin(ctx, app, req)
+	if err != nil {
+		return false, err
+	}
+	// The same fleet release with other environment layers is another
+	// release here (its ID seals the merged spec).
+	if rel.ID == rec.Current && rec.FleetRelease == fr.ID && rec.Override == nil {
+		return true, nil
+	}
+	if why, failed := rec.Failed[rel.ID]; failed {
+		if rec.FleetFailed != fr.ID {
+			rec.FleetFailed = fr.ID
+			if err := a.store.saveRecord(app, rec); err != nil {
+				return false, err
+			}
+		}
+		a.log.Info("fleet: release failed here before; not retried", "app", app, "release", release.ShortID(fr.ID), "reason", why)
+		return true, nil
+	}
+	_, err = a.start(app, "deploy", rel, false, 0, origin{fleet: fr.ID})
+	if errors.Is(err, release.ErrConflict) {
+		return false, err // busy with another operation: next round
+	}
+	if err != nil {
+		return false, err
+	}
+	// The switch runs in the background; the next round sees its outcome
+	// in the app record.
+	return true, nil
+}
+
+// fetchImages makes the images of fr's services present in the engine under
+// their references: pulled from the server's content exchange into the
+// content store, loaded, tagged.
+func (a *Agent) fetchImages(ctx context.Context, cl *serverapi.Client, fr *release.Release) error {
+	var ids []string
+	tags := map[string][]string{}
+	for _, name := range sortedNames(fr.Spec.Services) {
+		s := fr.Spec.Services[name]
+		if s.ImageID == "" {
+			continue // resolved by name on the device, as a LAN deploy is
+		}
+		if _, err := a.eng.ImageID(ctx, s.ImageID); err == nil {
+			if cur, err := a.eng.ImageID(ctx, s.Image); err != nil || cur != s.ImageID {
+				if err := a.eng.TagImage(ctx, s.ImageID, s.Image); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if len(tags[s.ImageID]) == 0 {
+			ids = append(ids, s.ImageID)
+		}
+		tags[s.ImageID] = append(tags[s.ImageID], s.Image)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	a.setPhaseMsg(fr.App, release.PhaseDownloading)
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		return err
+	}
+	p := &transfer.Puller{Store: a.content, Source: cl.Source(), Now: a.now}
+	imgs, sum, err := p.Pull(ctx, ids, func(chain string) bool { return h.Chains[chain] })
+	if err != nil {
+		return fmt.Errorf("fetch the images of release %s: %w", release.ShortID(fr.ID), err)
+	}
+	a.log.Info("fleet: content fetched", "app", fr.App, "release", release.ShortID(fr.ID), "layers_needed", sum.LayersNeeded, "changed", transfer.Human(sum.BytesChanged), "received", transfer.Human(sum.BytesSent))
+	req := localapi.LoadRequest{}
+	for _, img := range imgs {
+		req.Images = append(req.Images, localapi.LoadImage{Config: img.Config, Tags: tags[img.ID]})
+	}
+	_, err = a.Load(ctx, req)
+	return err
+}
+
+// setPhaseMsg records a phase for an app that has no operation under way
+// (fetching content before a fleet switch), for state reports.
+func (a *Agent) setPhaseMsg(app string, p release.Phase) {
+	a.emit(localapi.Event{App: app, Phase: p, Message: "fetching the release's content from the fleet server"})
+}
+
+// overrideExpired reports whether a LAN override of an app in the fleet
+// target has run out (the app then returns to its fleet release).
+func (a *Agent) overrideExpired() bool {
+	apps, err := a.store.apps()
+	if err != nil {
+		return false
+	}
+	for _, app := range apps {
+		rec, err := a.store.record(app)
+		if err == nil && rec.Override != nil && rec.Override.Until != nil && !a.now().Before(*rec.Override.Until) && a.fleet.inTarget(app) {
+			rec.Override = nil
+			rec.FleetRelease = "" // run the fleet release again
+			if a.store.saveRecord(app, rec) == nil {
+				a.log.Info("fleet: local override expired; returning to the fleet release", "app", app)
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// reportLoop sends the device's state to the server after every change
+// (coalesced to one report a second at most) and once a minute anyway.
+func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
+	changed := make(chan struct{}, 1)
+	go a.events.follow(ctx, a.events.last(), "", true, func(e localapi.Event) bool {
+		if e.App == "" && e.Message == "" {
+			return ctx.Err() == nil // a keep-alive, not a change
+		}
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+		return ctx.Err() == nil
+	})
+	heartbeat := time.NewTicker(time.Minute)
+	defer heartbeat.Stop()
+	report := func() {
+		st, err := a.State(ctx)
+		if err != nil {
+			a.log.Warn("fleet: state not reported", "error", err)
+			return
+		}
+		if _, err := cl.ReportState(ctx, *st); err != nil && ctx.Err() == nil {
+			a.log.Warn("fleet: state not reported", "error", err)
+		}
+	}
+	report()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			if !pause(ctx, time.Second) { // let a burst of events settle
+				return
+			}
+			select {
+			case <-changed:
+			default:
+			}
+			report()
+		case <-heartbeat.C:
+			report()
+		}
+	}
+}

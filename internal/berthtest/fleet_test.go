@@ -1,0 +1,164 @@
+package berthtest
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// TestFleetDevice: a real berth server, a real berthd in fleet mode, the
+// real engine. The device registers with the fleet's key; a release created
+// from a Compose file (its image uploaded from the local engine, then removed
+// from it) reaches the device, which fetches the content from the server,
+// loads it, switches and reports back; an env change at the fleet layer
+// arrives without a new image; the server going away leaves the app running
+// and the device catches up when it returns; a LAN deploy is reported as a
+// local override and, with --override-ttl, gives way to the fleet release.
+func TestFleetDevice(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	srv := env.NewServer(t)
+	port := FreePort(t)
+
+	out, err := srv.Berth(t, "fleet", "create", "lab", "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var fl struct {
+		Key string `json:"provisioning_key"`
+	}
+	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
+		t.Fatalf("fleet create --json: %v\n%s", err, out)
+	}
+
+	// An image only the laptop has: built, uploaded with the release, then
+	// removed from the engine (the device's engine is this engine).
+	archive, tag := bigImage(t, env)
+	if out, err := docker("load", "-i", archive); err != nil {
+		t.Fatal(err, out)
+	}
+	compose := filepath.Join(t.TempDir(), "compose.yaml")
+	write(t, compose, strings.Replace(web(port, "1"), "${IMG_A}", tag, 1))
+	out, err = srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", "v1", "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var rel struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rel); err != nil || rel.ID == "" {
+		t.Fatalf("release create --json: %v\n%s", err, out)
+	}
+	if out, err := docker("rmi", tag); err != nil {
+		t.Fatal(err, out)
+	}
+
+	robot := env.NewFleetDevice(t, srv.URL, fl.Key)
+	if out, err := srv.Berth(t, "release", "assign", rel.ID, "--fleet", "lab", "--all"); err != nil {
+		t.Fatal(err, out)
+	}
+	a := robot.Await(t, "app", 90*time.Second, "the fleet release committed", func(a release.AppState) bool {
+		return a.FleetRelease == rel.ID && a.Phase == release.PhaseIdle
+	})
+	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
+		t.Fatalf("fleet release answers %q (state %+v)", got, a)
+	}
+	awaitDevice(t, srv, robot, "online with the release", func(d fleetDevice) bool {
+		return d.Online && d.Apps["app"].FleetRelease == rel.ID
+	})
+	fi, err := os.Stat(filepath.Join(robot.StateDir, "device.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("device.json: %v, mode %v; want 0600", err, fi.Mode())
+	}
+	var reg struct{ Token string }
+	b, _ := os.ReadFile(filepath.Join(robot.StateDir, "device.json"))
+	if json.Unmarshal(b, &reg); reg.Token == "" {
+		t.Fatal("device.json holds no token")
+	}
+	defer func() {
+		log, _ := os.ReadFile(filepath.Join(filepath.Dir(robot.StateDir), "berthd.log"))
+		for what, secret := range map[string]string{"provisioning key": fl.Key, "device token": reg.Token} {
+			if strings.Contains(string(log), secret) {
+				t.Errorf("berthd's log shows the %s", what)
+			}
+		}
+	}()
+
+	// Env at the fleet layer: the app restarts with it, same image.
+	if out, err := srv.Berth(t, "fleet", "env", "lab", "VERSION=2"); err != nil {
+		t.Fatal(err, out)
+	}
+	awaitAnswer(t, port, "version=2\n")
+
+	// The server goes away: the app keeps running; a change made while it
+	// is back reaches the device.
+	srv.Stop()
+	time.Sleep(2 * time.Second)
+	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=2\n" {
+		t.Fatalf("with the server down the app answers %q", got)
+	}
+	srv.Start(t)
+	if out, err := srv.Berth(t, "fleet", "env", "lab", "VERSION=3"); err != nil {
+		t.Fatal(err, out)
+	}
+	awaitAnswer(t, port, "version=3\n")
+	robot.AwaitHealthy(t, "app")
+
+	// A LAN deploy over the fleet release: reported as an override, then
+	// back to the fleet release when its TTL runs out.
+	robot.MustDeploy(t, "app", strings.Replace(web(port, "lan"), "${IMG_A}", tag, 1), "--override-ttl", "5s")
+	awaitDevice(t, srv, robot, "the override reported", func(d fleetDevice) bool {
+		o := d.Apps["app"].Override
+		return o != nil && strings.Contains(o.By, "@") && d.Apps["app"].FleetRelease == ""
+	})
+	awaitAnswer(t, port, "version=3\n")
+	robot.Await(t, "app", 60*time.Second, "back on the fleet release", func(a release.AppState) bool {
+		return a.FleetRelease == rel.ID && a.Override == nil && a.Phase == release.PhaseIdle
+	})
+}
+
+type fleetDevice struct {
+	Name   string                      `json:"name"`
+	Online bool                        `json:"online"`
+	Apps   map[string]release.AppState `json:"apps"`
+}
+
+// awaitDevice polls `berth device list` until the device satisfies ok.
+func awaitDevice(t *testing.T, srv *Server, d *Device, what string, ok func(fleetDevice) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := srv.Berth(t, "device", "list", "--fleet", "lab", "--json")
+		last = out
+		var ds []fleetDevice
+		if err == nil && json.Unmarshal([]byte(out), &ds) == nil {
+			for _, x := range ds {
+				if x.Name == d.Name && ok(x) {
+					return
+				}
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Fatalf("device %s never %s; last list:\n%s", d.Name, what, last)
+}
+
+// awaitAnswer polls the app until it answers want.
+func awaitAnswer(t *testing.T, port, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var got string
+	for time.Now().Before(deadline) {
+		if got, _ = Get("http://127.0.0.1:" + port + "/"); got == want {
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Fatalf("the app answers %q, want %q", got, want)
+}

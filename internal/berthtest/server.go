@@ -1,0 +1,106 @@
+package berthtest
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Server is a `berth server` process on loopback over SQLite in its own
+// data directory, stopped at cleanup.
+type Server struct {
+	URL     string
+	Token   string // the bootstrap admin token
+	DataDir string
+	addr    string
+	env     *Env
+	cmd     *exec.Cmd
+	done    chan struct{}
+	log     *os.File
+}
+
+// NewServer starts a fleet server.
+func (e *Env) NewServer(t testing.TB) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &Server{DataDir: filepath.Join(dir, "data"), addr: "127.0.0.1:" + FreePort(t), env: e}
+	s.URL = "http://" + s.addr
+	var err error
+	if s.log, err = os.Create(filepath.Join(dir, "server.log")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.log.Name())
+			t.Logf("berth server log:\n%s", b)
+		}
+		s.log.Close()
+	})
+	s.Start(t)
+	b, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Token = strings.TrimSpace(string(b))
+	return s
+}
+
+// Start starts the server (again, on the same address and data) and waits
+// until it answers.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	s.cmd = exec.Command(filepath.Join(s.env.Bin, "berth"), "server", "--data-dir", s.DataDir, "--listen", s.addr)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(s.URL + "/v1/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-s.done:
+			b, _ := os.ReadFile(s.log.Name())
+			t.Fatalf("berth server exited at start:\n%s", b)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("berth server did not answer on %s", s.URL)
+}
+
+// Stop kills the server.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// Berth runs a berth command against the server as its admin.
+func (s *Server) Berth(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(s.env.Bin, "berth"), args...)
+	cmd.Env = append(os.Environ(), "BERTH_SERVER="+s.URL, "BERTH_TOKEN="+s.Token, "HOME="+filepath.Dir(s.DataDir), "BERTH_CACHE="+filepath.Join(filepath.Dir(s.DataDir), "cache"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}

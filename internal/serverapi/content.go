@@ -1,0 +1,161 @@
+package serverapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/transfer"
+)
+
+// The content exchange over HTTPS: uploads speak to the server as a laptop
+// speaks to a robot's agent (transfer.Device), downloads are a device's
+// transfer.Source. Bodies are binary (application/octet-stream) but for
+// the content summary and the image registration, which are JSON.
+
+// IndexBaseHeader names, in the answer of GET
+// /v1/device/content/layers/{diffid}, the layer the index is a delta
+// against; absent, the index is zstd-compressed alone.
+const IndexBaseHeader = "Berth-Index-Base"
+
+// Uploader is the server as a transfer.Sender's device: what it holds
+// (GET /v1/content), which pieces it lacks, batches of pieces, layer
+// indexes, and, last, the images registered once all their layers are
+// there. It needs a deployer's token.
+func (c *Client) Uploader() transfer.Device { return uploader{c} }
+
+type uploader struct{ c *Client }
+
+func (u uploader) ContentInfo(ctx context.Context) (*localapi.ContentInfo, error) {
+	var info localapi.ContentInfo
+	return &info, u.c.get(ctx, "/v1/content", &info)
+}
+
+func (u uploader) Missing(ctx context.Context, digests []byte) ([]byte, error) {
+	b, _, err := u.c.binary(ctx, http.MethodPost, "/v1/content/missing", digests)
+	return b, err
+}
+
+func (u uploader) PutPieces(ctx context.Context, frames []byte) (*localapi.PutPiecesResponse, error) {
+	b, _, err := u.c.binary(ctx, http.MethodPost, "/v1/content/pieces", frames)
+	if err != nil {
+		return nil, err
+	}
+	var r localapi.PutPiecesResponse
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("POST /v1/content/pieces: bad answer: %w", err)
+	}
+	return &r, nil
+}
+
+func (u uploader) PutIndex(ctx context.Context, diffID string, body []byte, base string) error {
+	path := "/v1/content/layers/" + esc(diffID)
+	if base != "" {
+		path += "?base=" + url.QueryEscape(base)
+	}
+	_, _, err := u.c.binary(ctx, http.MethodPut, path, body)
+	return err
+}
+
+func (u uploader) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.LoadResponse, error) {
+	var r localapi.LoadResponse
+	return &r, u.c.send(ctx, http.MethodPost, "/v1/content/images", req, &r)
+}
+
+// Source is the server as a device fetching its releases' images sees it
+// (transfer.Puller's Source). It needs the device's token; the server
+// answers only about images its target pins.
+func (c *Client) Source() transfer.Source { return source{c} }
+
+type source struct{ c *Client }
+
+func (s source) Config(ctx context.Context, imageID string) ([]byte, error) {
+	b, _, err := s.c.binary(ctx, http.MethodGet, "/v1/device/content/images/"+esc(imageID), nil)
+	return b, err
+}
+
+func (s source) Index(ctx context.Context, diffID string, bases []string) ([]byte, string, error) {
+	b, hdr, err := s.c.binary(ctx, http.MethodGet, "/v1/device/content/layers/"+esc(diffID)+baseQuery(bases), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, hdr.Get(IndexBaseHeader), nil
+}
+
+func (s source) Pieces(ctx context.Context, layer string, digests []byte, bases []string) ([]byte, error) {
+	b, _, err := s.c.binary(ctx, http.MethodPost, "/v1/device/content/layers/"+esc(layer)+"/pieces"+baseQuery(bases), digests)
+	return b, err
+}
+
+// baseQuery names delta bases as ?base=…&base=…, each by its 64 hex digits
+// (the server reads them with or without "sha256:").
+func baseQuery(bases []string) string {
+	if len(bases) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for i, d := range bases {
+		if i == 0 {
+			b.WriteString("?base=")
+		} else {
+			b.WriteString("&base=")
+		}
+		b.WriteString(url.QueryEscape(strings.TrimPrefix(d, "sha256:")))
+	}
+	return b.String()
+}
+
+// binary sends a request with a binary body (none if nil) and returns the
+// answer's body, at most transfer.MaxBatch, and header.
+func (c *Client) binary(ctx context.Context, method, path string, body []byte) ([]byte, http.Header, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	req.Header.Set("Accept", "application/octet-stream, application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, nil, fmt.Errorf("server %s: %w", c.base.Host, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		e := &Error{Status: resp.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var eb ErrorBody
+		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
+			e.Message = eb.Error
+		} else {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		return nil, resp.Header, e
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, transfer.MaxBatch+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", method, strings.SplitN(path, "?", 2)[0], err)
+	}
+	if len(b) > transfer.MaxBatch {
+		return nil, nil, fmt.Errorf("%s %s: the answer is over %d MiB", method, strings.SplitN(path, "?", 2)[0], transfer.MaxBatch>>20)
+	}
+	return b, resp.Header, nil
+}
