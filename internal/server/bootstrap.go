@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/atomicfile"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/store"
 )
@@ -67,7 +68,7 @@ func Bootstrap(ctx context.Context, st store.Store, dataDir string, now time.Tim
 	if err != nil {
 		return "", fmt.Errorf("bootstrap: %w", err)
 	}
-	if err := writeSecret(path, secret+"\n"); err != nil {
+	if err := atomicfile.Write(path, []byte(secret+"\n")); err != nil {
 		return "", fmt.Errorf("bootstrap: %w", err)
 	}
 	t, err := st.CreateToken(ctx, adminUser.ID, "bootstrap", secret, time.Time{})
@@ -81,30 +82,4 @@ func Bootstrap(ctx context.Context, st store.Store, dataDir string, now time.Tim
 		return "", fmt.Errorf("bootstrap: %w", err)
 	}
 	return path, nil
-}
-
-// writeSecret writes a file only its owner can read, replacing any old one
-// whole (a temporary file, fsync, rename).
-func writeSecret(path, content string) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.WriteString(content); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-robotics/berth/internal/atomicfile"
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/imagetar"
 	"github.com/berth-robotics/berth/internal/localapi"
@@ -159,34 +160,13 @@ func (c *Content) register(img imagetar.Image) (bool, error) {
 	if err := c.store.Put(d, img.Config); err != nil {
 		return false, err
 	}
-	if err := writeFile(c.imagePath(d), img.Config); err != nil {
+	if err := atomicfile.Write(c.imagePath(d), img.Config); err != nil {
 		return false, fmt.Errorf("image register: %w", err)
 	}
 	c.mu.Lock()
 	c.images[img.ID] = &imageEntry{diffIDs: img.DiffIDs, chains: imagetar.ChainIDs(img.DiffIDs)}
 	c.mu.Unlock()
 	return true, nil
-}
-
-// writeFile writes a file whole or not at all: temp file, fsync, rename.
-func writeFile(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // info is what the server holds, as a sender asks a device: the layers

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/atomicfile"
 	"github.com/berth-robotics/berth/internal/serverapi"
 )
 
@@ -77,10 +78,10 @@ func selfSigned(dataDir string, hosts, required []string, now time.Time) (tls.Ce
 	if err := os.MkdirAll(filepath.Dir(certPath), 0o700); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := writeSecret(keyPath, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))); err != nil {
+	if err := atomicfile.Write(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
 		return tls.Certificate{}, fmt.Errorf("write the certificate's key: %w", err)
 	}
-	if err := writeSecret(certPath, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))); err != nil {
+	if err := atomicfile.Write(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
 		return tls.Certificate{}, fmt.Errorf("write the certificate: %w", err)
 	}
 	return tls.LoadX509KeyPair(certPath, keyPath)
