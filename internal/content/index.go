@@ -121,6 +121,21 @@ func (ix *Index) Encode() []byte {
 	return b.Bytes()
 }
 
+// readUvarint reads a varint in its shortest form only: an index has one
+// encoding, so what decodes encodes back to the same bytes (and its digest
+// means one thing).
+func readUvarint(r *bytes.Reader) (uint64, error) {
+	before := r.Len()
+	v, err := binary.ReadUvarint(r)
+	if err != nil {
+		return 0, err
+	}
+	if before-r.Len() != len(binary.AppendUvarint(nil, v)) {
+		return 0, fmt.Errorf("index: varint not in its shortest form: %w", release.ErrInvalid)
+	}
+	return v, nil
+}
+
 // DecodeIndex reads an index from untrusted bytes, checking every length
 // against the input and that each file's pieces add up to its size.
 func DecodeIndex(data []byte) (*Index, error) {
@@ -136,12 +151,12 @@ func DecodeIndex(data []byte) (*Index, error) {
 	if _, err := io.ReadFull(r, ix.DiffID[:]); err != nil {
 		return bad("truncated")
 	}
-	size, err := binary.ReadUvarint(r)
+	size, err := readUvarint(r)
 	if err != nil || size > 1<<50 {
 		return bad("bad size")
 	}
 	ix.Size = int64(size)
-	n, err := binary.ReadUvarint(r)
+	n, err := readUvarint(r)
 	if err != nil || n > maxEntries || n > uint64(r.Len()) {
 		return bad("bad entry count")
 	}
@@ -154,7 +169,7 @@ func DecodeIndex(data []byte) (*Index, error) {
 		}
 		switch kind {
 		case 1:
-			l, err := binary.ReadUvarint(r)
+			l, err := readUvarint(r)
 			if err != nil || l == 0 || l > maxSegment || l > uint64(r.Len()) {
 				return bad("entry %d: bad segment length", i)
 			}
@@ -163,13 +178,13 @@ func DecodeIndex(data []byte) (*Index, error) {
 			ix.Entries = append(ix.Entries, Entry{Raw: raw})
 			total += int64(l)
 		case 2:
-			l, err := binary.ReadUvarint(r)
+			l, err := readUvarint(r)
 			if err != nil || l > maxNameLen || l > uint64(r.Len()) {
 				return bad("entry %d: bad name length", i)
 			}
 			name := make([]byte, l)
 			io.ReadFull(r, name)
-			fsize, err := binary.ReadUvarint(r)
+			fsize, err := readUvarint(r)
 			if err != nil || fsize > 1<<50 {
 				return bad("entry %d: bad file size", i)
 			}
@@ -180,7 +195,7 @@ func DecodeIndex(data []byte) (*Index, error) {
 					return bad("entry %d: truncated", i)
 				}
 			}
-			np, err := binary.ReadUvarint(r)
+			np, err := readUvarint(r)
 			if err != nil || np > uint64(r.Len())/33 {
 				return bad("entry %d: bad piece count", i)
 			}
@@ -190,7 +205,7 @@ func DecodeIndex(data []byte) (*Index, error) {
 				if _, err := io.ReadFull(r, p.Digest[:]); err != nil {
 					return bad("entry %d: truncated piece", i)
 				}
-				ps, err := binary.ReadUvarint(r)
+				ps, err := readUvarint(r)
 				if err != nil || ps == 0 || ps > maxPieceSize {
 					return bad("entry %d: bad piece size", i)
 				}
