@@ -41,6 +41,7 @@ import (
 //	                         theirs: layer indexes and pieces, image configs
 //	images/<64 hex>          the register: one file per image uploaded whole,
 //	                         holding its config
+//	registry/                what `docker push` left besides (registry.go)
 //
 // An image is registered only once every one of its layers' indexes is in
 // the store, and the store keeps an index only once all its pieces are
@@ -51,6 +52,8 @@ type Content struct {
 
 	mu     sync.Mutex
 	images map[string]*imageEntry // registered images read so far, by ID
+
+	regMu sync.Mutex // registry/state.json (registry.go)
 }
 
 // imageEntry is a registered image: what ContentInfo and the device checks
@@ -69,7 +72,12 @@ func OpenContent(dir string) (*Content, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Content{store: st, dir: dir, images: map[string]*imageEntry{}}, nil
+	c := &Content{store: st, dir: dir, images: map[string]*imageEntry{}}
+	if err := c.openRegistry(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Close releases the store's codecs.

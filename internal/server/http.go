@@ -98,6 +98,11 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 // tokens start "bd_"; anything else is looked up as a user's API token.
 func (s *Server) authenticate(r *http.Request) (principal, error) {
 	h := r.Header.Get("Authorization")
+	if _, pass, ok := r.BasicAuth(); ok && strings.HasPrefix(r.URL.Path, "/v2/") {
+		// `docker login -u NAME -p TOKEN` for the registry: the token
+		// says who; the name is not checked.
+		h = "Bearer " + pass
+	}
 	if h == "" {
 		return principal{}, fmt.Errorf("no token: send the header \"Authorization: Bearer <token>\": %w", errUnauthenticated)
 	}
@@ -201,6 +206,8 @@ func statusOf(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, errTooMany):
 		return http.StatusTooManyRequests
+	case errors.Is(err, errRange):
+		return http.StatusRequestedRangeNotSatisfiable
 	case errors.Is(err, release.ErrInvalid):
 		return http.StatusBadRequest
 	case errors.Is(err, release.ErrNotFound):
@@ -230,6 +237,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	// The sentinels' own words at the end say nothing the status does not.
 	for _, e := range []error{release.ErrInvalid, release.ErrNotFound, release.ErrConflict, release.ErrUnauthorized, errUnauthenticated, errTooMany} {
 		msg = strings.TrimSuffix(msg, ": "+e.Error())
+	}
+	if strings.HasPrefix(r.URL.Path, "/v2/") {
+		writeRegistryError(w, status, err, msg)
+		return
 	}
 	switch status {
 	case http.StatusUnauthorized:

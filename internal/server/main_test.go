@@ -120,6 +120,8 @@ type envOptions struct {
 	// dsn and dir, if set, name an existing database (a second replica).
 	dsn, dir   string
 	adminToken string
+	// maxBlob and maxLayer bound what /v2 takes (Options.MaxBlob, MaxLayer).
+	maxBlob, maxLayer int64
 }
 
 func newEnv(t *testing.T, b backend, o envOptions) *env {
@@ -136,6 +138,9 @@ func newEnv(t *testing.T, b backend, o envOptions) *env {
 	opts := server.Options{
 		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Rescan: o.rescan,
+
+		MaxBlob:  o.maxBlob,
+		MaxLayer: o.maxLayer,
 	}
 	if o.clock != nil {
 		st.Now, opts.Now = o.clock.Now, o.clock.Now

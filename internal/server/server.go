@@ -46,6 +46,10 @@ type Options struct {
 	// Content is where uploaded images are kept (OpenContent). Nil: the
 	// content endpoints answer 404 and releases can pin no image.
 	Content *Content
+	// MaxBlob bounds one blob pushed through /v2 as sent, MaxLayer a
+	// pushed layer decompressed (a bomb stops there). Defaults 4 GiB and
+	// 16 GiB.
+	MaxBlob, MaxLayer int64
 }
 
 // Server serves the fleet API over a store.
@@ -81,6 +85,12 @@ func New(st store.Store, opts Options) *Server {
 	}
 	if opts.Rescan <= 0 {
 		opts.Rescan = 5 * time.Second
+	}
+	if opts.MaxBlob <= 0 {
+		opts.MaxBlob = defaultMaxBlob
+	}
+	if opts.MaxLayer <= 0 {
+		opts.MaxLayer = defaultMaxLayer
 	}
 	s := &Server{
 		st:   st,
@@ -202,6 +212,7 @@ func (s *Server) table() []route {
 	},
 		s.contentRoutes(),
 		s.rolloutRoutes(),
+		s.registryRoutes(),
 	)
 }
 
