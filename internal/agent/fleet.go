@@ -276,6 +276,12 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	// The same fleet release with other environment layers is another
 	// release here (its ID seals the merged spec).
 	if rel.ID == rec.Current && rec.FleetRelease == fr.ID && rec.Override == nil {
+		if rec.FleetRefused != "" { // back on the release that runs: the refusal is over
+			rec.FleetRefused, rec.Error = "", ""
+			if err := a.store.saveRecord(app, rec); err != nil {
+				return false, err
+			}
+		}
 		return true, nil
 	}
 	if why, failed := rec.Failed[rel.ID]; failed {
@@ -366,7 +372,7 @@ func (a *Agent) refuse(app string, fr *release.Release, why error) error {
 	if rec.Error == msg {
 		return nil
 	}
-	rec.Error, rec.Updated = msg, a.now().UTC()
+	rec.Error, rec.FleetRefused, rec.Updated = msg, fr.ID, a.now().UTC()
 	if err := a.store.saveRecord(app, rec); err != nil {
 		return err
 	}

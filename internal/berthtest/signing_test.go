@@ -99,4 +99,11 @@ func TestFleetDeviceRefusesUnsigned(t *testing.T) {
 	awaitDevice(t, srv, robot, "the refusal reported", func(d fleetDevice) bool {
 		return strings.Contains(d.Apps["app"].Error, "is not signed by a trusted key")
 	})
+	// Back to the signed release that runs: the refusal is over.
+	if out, err := srv.Berth(t, "release", "assign", v1, "--fleet", "lab", "--all"); err != nil {
+		t.Fatal(err, out)
+	}
+	robot.Await(t, "app", 30*time.Second, "the refusal cleared", func(a release.AppState) bool {
+		return a.Error == "" && a.FleetRelease == v1
+	})
 }
