@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-robotics/berth/internal/agent"
 	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/signing"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -58,6 +59,14 @@ func run(ctx context.Context, args []string) error {
 	server := fs.String("server", "", "fleet mode: the fleet server's URL (https://host:port); the device registers once and follows its target")
 	key := fs.String("provisioning-key", "", "fleet mode: the fleet's provisioning key, used once to register (default $BERTH_PROVISIONING_KEY)")
 	fingerprint := fs.String("server-fingerprint", "", "fleet mode: pin the server's TLS certificate by its SHA-256 fingerprint (as berth server prints it)")
+	var trusted []string
+	fs.Func("trusted-key", "fleet mode: an ed25519 public key (ed25519:<base64>, as berth keys generate prints it) that signs the releases this device runs; repeatable. Without it, the keys the server gives at registration are pinned", func(s string) error {
+		if _, err := signing.ParsePublicKey(s); err != nil {
+			return err
+		}
+		trusted = append(trusted, s)
+		return nil
+	})
 	poll := fs.Duration("poll-wait", 30*time.Second, "fleet mode: how long one long poll of the target waits (a change wakes it at once)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	if err := fs.Parse(args); err != nil {
@@ -70,9 +79,9 @@ func run(ctx context.Context, args []string) error {
 		*key = os.Getenv("BERTH_PROVISIONING_KEY")
 	}
 	if *server != "" {
-		cfg.Fleet = &agent.FleetConfig{Server: *server, ProvisioningKey: *key, Fingerprint: *fingerprint, PollWait: *poll}
-	} else if *key != "" || *fingerprint != "" {
-		return fmt.Errorf("--provisioning-key and --server-fingerprint need --server")
+		cfg.Fleet = &agent.FleetConfig{Server: *server, ProvisioningKey: *key, Fingerprint: *fingerprint, PollWait: *poll, TrustedKeys: trusted}
+	} else if *key != "" || *fingerprint != "" || len(trusted) > 0 {
+		return fmt.Errorf("--provisioning-key, --server-fingerprint and --trusted-key need --server")
 	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if *logJSON {

@@ -387,7 +387,7 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 	delete(rec.Failed, rel.ID)
 	rec.FleetRelease, rec.Override = o.origin.fleet, o.origin.override
 	if o.origin.fleet != "" {
-		rec.FleetFailed = ""
+		rec.FleetFailed, rec.FleetRefused = "", ""
 	}
 	kept := []string{rel.ID}
 	for _, k := range rec.Kept {

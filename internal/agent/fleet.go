@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +17,7 @@ import (
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/signing"
 	"github.com/berth-robotics/berth/internal/transfer"
 )
 
@@ -32,6 +35,10 @@ type FleetConfig struct {
 	Fingerprint     string // SHA-256 of the server's TLS certificate, pinned
 	// PollWait is how long one long poll waits (default 30 s).
 	PollWait time.Duration
+	// TrustedKeys (ed25519:<base64>, berthd --trusted-key) sign the
+	// releases this device runs. Without them, the keys the server gave at
+	// registration, kept in device.json, are pinned instead.
+	TrustedKeys []string
 }
 
 // deviceFile is <state-dir>/device.json: the registration.
@@ -42,12 +49,20 @@ type deviceFile struct {
 	Fleet       string `json:"fleet"`
 	Name        string `json:"name"`
 	Token       string `json:"token"`
+	// TrustedKeys are the fleet's signing keys the server gave at
+	// registration: pinned on first use.
+	TrustedKeys []string `json:"trusted_keys,omitempty"`
 }
 
 // fleet is the agent's fleet mode while it runs.
 type fleet struct {
 	mu     sync.Mutex
 	target *serverapi.Target // the last target received
+	// name is the fleet's name at registration, and keys the release
+	// signing keys pinned then or given by flag: with any, every fleet
+	// release must be signed by one of them for this fleet.
+	name string
+	keys []signing.PublicKey
 }
 
 // inTarget reports whether app is in the device's fleet target.
@@ -182,7 +197,8 @@ func (a *Agent) registered(ctx context.Context) (*serverapi.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("register with %s: %w", cfg.Server, err)
 		}
-		dev = deviceFile{Server: cfg.Server, Fingerprint: cfg.Fingerprint, DeviceID: reg.Device.ID, Fleet: reg.Device.Fleet, Name: reg.Device.Name, Token: reg.Token}
+		dev = deviceFile{Server: cfg.Server, Fingerprint: cfg.Fingerprint, DeviceID: reg.Device.ID, Fleet: reg.Device.Fleet, Name: reg.Device.Name, Token: reg.Token,
+			TrustedKeys: reg.TrustedKeys}
 		if err := writeJSON(path, dev); err != nil { // 0600, as every state file
 			return nil, fmt.Errorf("keep the registration: %w", err)
 		}
@@ -192,6 +208,21 @@ func (a *Agent) registered(ctx context.Context) (*serverapi.Client, error) {
 	} else if dev.Server != cfg.Server {
 		return nil, fmt.Errorf("this device is registered with %s, not %s; remove %s to register again: %w", dev.Server, cfg.Server, path, release.ErrConflict)
 	}
+	trusted := cfg.TrustedKeys
+	if len(trusted) == 0 {
+		trusted = dev.TrustedKeys // pinned on first use
+	}
+	keys := make([]signing.PublicKey, 0, len(trusted))
+	for _, s := range trusted {
+		k, err := signing.ParsePublicKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("trusted key: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	a.fleet.mu.Lock()
+	a.fleet.name, a.fleet.keys = dev.Fleet, keys
+	a.fleet.mu.Unlock()
 	fp := cfg.Fingerprint
 	if fp == "" {
 		fp = dev.Fingerprint
@@ -211,7 +242,7 @@ func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *server
 	sort.Strings(apps)
 	done := true
 	for _, app := range apps {
-		ok, err := a.applyApp(ctx, cl, t.Apps[app])
+		ok, err := a.applyApp(ctx, cl, t.Apps[app], t.Signatures[app])
 		if err != nil {
 			a.log.Warn("fleet: app not switched yet; retrying", "app", app, "error", err)
 		}
@@ -220,7 +251,7 @@ func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *server
 	return done
 }
 
-func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release) (bool, error) {
+func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release, sig serverapi.Signature) (bool, error) {
 	app := fr.App
 	rec, err := a.store.record(app)
 	if err != nil {
@@ -228,6 +259,11 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	}
 	if rec.Override != nil && (rec.Override.Until == nil || a.now().Before(*rec.Override.Until)) {
 		return true, nil // a LAN deploy stands in for the fleet release
+	}
+	if refused, err := a.checkSigned(ctx, cl, fr, sig); err != nil {
+		return false, err
+	} else if refused != nil {
+		return true, a.refuse(app, fr, refused) // not retried: the next target may be signed
 	}
 	req := localapi.DeployRequest{Version: fr.Version, Spec: fr.Spec}
 	if err := a.fetchImages(ctx, cl, fr); err != nil {
@@ -240,6 +276,12 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	// The same fleet release with other environment layers is another
 	// release here (its ID seals the merged spec).
 	if rel.ID == rec.Current && rec.FleetRelease == fr.ID && rec.Override == nil {
+		if rec.FleetRefused != "" { // back on the release that runs: the refusal is over
+			rec.FleetRefused, rec.Error = "", ""
+			if err := a.store.saveRecord(app, rec); err != nil {
+				return false, err
+			}
+		}
 		return true, nil
 	}
 	if why, failed := rec.Failed[rel.ID]; failed {
@@ -262,6 +304,88 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	// The switch runs in the background; the next round sees its outcome
 	// in the app record.
 	return true, nil
+}
+
+// checkSigned checks, on a device with pinned keys, that fr is a release
+// signed by one of them for this device's fleet: the signature covers the
+// release's ID and the fleet's name; the release as created (from the
+// server, without the environment layers) must seal to that ID, and the
+// target must equal it but for its services' environment (the layers are
+// the server's configuration, not signed). It returns why fr is refused,
+// or an error to retry on (the server unreachable).
+func (a *Agent) checkSigned(ctx context.Context, cl *serverapi.Client, fr *release.Release, sig serverapi.Signature) (refused, err error) {
+	a.fleet.mu.Lock()
+	fleetName, keys := a.fleet.name, a.fleet.keys
+	a.fleet.mu.Unlock()
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	if err := signing.VerifyAny(keys, fleetName, fr.ID, sig.KeyID, sig.Signature); err != nil {
+		return err, nil
+	}
+	signed, err := cl.DeviceRelease(ctx, fr.ID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch release %s to check it: %w", release.ShortID(fr.ID), err)
+	}
+	if signed.Spec == nil {
+		return fmt.Errorf("the server sent release %s without its spec", release.ShortID(fr.ID)), nil
+	}
+	sealed := release.Release{App: signed.App, Version: signed.Version, Spec: *signed.Spec}
+	sealed.Seal()
+	if sealed.ID != fr.ID {
+		return fmt.Errorf("the server's copy of release %s does not match the signed ID", release.ShortID(fr.ID)), nil
+	}
+	if fr.App != sealed.App || fr.Version != sealed.Version || !sameButEnv(fr.Spec, sealed.Spec) {
+		return fmt.Errorf("the target differs from the signed release %s beyond the environment", release.ShortID(fr.ID)), nil
+	}
+	return nil, nil
+}
+
+// sameButEnv reports whether two specs are equal but for their services'
+// environment.
+func sameButEnv(a, b release.Spec) bool {
+	strip := func(s release.Spec) []byte {
+		svcs := make(map[string]release.Service, len(s.Services))
+		for name, svc := range s.Services {
+			svc.Environment = nil
+			svcs[name] = svc
+		}
+		s.Services = svcs
+		j, err := json.Marshal(s)
+		if err != nil {
+			return nil
+		}
+		return j
+	}
+	x, y := strip(a), strip(b)
+	return x != nil && bytes.Equal(x, y)
+}
+
+// refuse records that the fleet release fr of app is not run here, and why:
+// the app's state shows it, and whatever runs keeps running.
+func (a *Agent) refuse(app string, fr *release.Release, why error) error {
+	msg := fmt.Sprintf("release %s (%s) is not signed by a trusted key (%v); nothing changed: sign it with berth release create --sign-key, with a key this device trusts", release.ShortID(fr.ID), fr.Version, why)
+	rec, err := a.store.record(app)
+	if err != nil {
+		return err
+	}
+	if rec.Error == msg {
+		return nil
+	}
+	rec.Error, rec.FleetRefused, rec.Updated = msg, fr.ID, a.now().UTC()
+	if err := a.store.saveRecord(app, rec); err != nil {
+		return err
+	}
+	a.log.Error("fleet: release refused", "app", app, "release", release.ShortID(fr.ID), "reason", why)
+	a.emit(localapi.Event{App: app, Release: fr.ID, Phase: phaseOr(rec.Phase), Message: msg, Error: why.Error()})
+	return nil
+}
+
+func phaseOr(p release.Phase) release.Phase {
+	if p == "" {
+		return release.PhaseIdle
+	}
+	return p
 }
 
 // fetchImages makes the images of fr's services present in the engine under

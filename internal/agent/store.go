@@ -30,6 +30,9 @@ type appRecord struct {
 	FleetRelease string            `json:"fleet_release,omitempty"`
 	FleetFailed  string            `json:"fleet_failed,omitempty"`
 	Override     *release.Override `json:"override,omitempty"`
+	// FleetRefused is the fleet release last refused as not signed by a
+	// trusted key; Error says why until the app's target runs again.
+	FleetRefused string `json:"fleet_refused,omitempty"`
 }
 
 // store keeps apps, releases and journals under the state directory.

@@ -195,9 +195,9 @@ func (e *Env) NewDeviceWithPolicy(t testing.TB, policy string) *Device {
 
 // NewFleetDevice starts a device in fleet mode, registering with the server
 // at url with a fleet's provisioning key.
-func (e *Env) NewFleetDevice(t testing.TB, url, key string) *Device {
+func (e *Env) NewFleetDevice(t testing.TB, url, key string, args ...string) *Device {
 	t.Helper()
-	return e.newDevice(t, Policy, "--server", url, "--provisioning-key", key, "--poll-wait", "3s")
+	return e.newDevice(t, Policy, append([]string{"--server", url, "--provisioning-key", key, "--poll-wait", "3s"}, args...)...)
 }
 
 func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {

@@ -145,7 +145,7 @@ device-service, each over the Compose file's own environment.`,
 	}
 	addEnvFlags(env, &ef)
 
-	c.AddCommand(create, list, show, rotate, revoke, env)
+	c.AddCommand(create, list, show, rotate, revoke, env, newFleetKeys(&sf))
 	return c
 }
 

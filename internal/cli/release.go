@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,7 @@ import (
 	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/signing"
 	"github.com/berth-robotics/berth/internal/transfer"
 )
 
@@ -40,6 +42,7 @@ func newRelease() *cobra.Command {
 	var files, profiles []string
 	var app, version string
 	var noUpload bool
+	var signKey string
 	create := &cobra.Command{
 		Use:   "create -f compose.yaml --fleet FLEET [--app NAME] [--version V] [--no-upload] [--json]",
 		Short: "Upload an app's images and make a release of it from a Compose file in a fleet",
@@ -71,6 +74,15 @@ berth release assign ID --fleet FLEET --all.`,
 			if version == "" {
 				version = gitVersion(filepath.Dir(files[0]))
 			}
+			if signKey == "" {
+				signKey = os.Getenv("BERTH_SIGN_KEY")
+			}
+			var signer *signing.Signer
+			if signKey != "" {
+				if signer, err = signing.LoadPrivate(signKey); err != nil {
+					return err
+				}
+			}
 			return withClient(&sf, func(cl *serverapi.Client) error {
 				req := serverapi.CreateReleaseRequest{App: name, Version: version, Spec: *spec}
 				var up *uploadResult
@@ -79,6 +91,13 @@ berth release assign ID --fleet FLEET --all.`,
 						return fmt.Errorf("release of %s: uploading its images (nothing was created; what arrived is kept, so a rerun sends only the rest): %w", name, err)
 					}
 					req.Images = up.Images
+				}
+				if signer != nil {
+					f, err := cl.Fleet(ctx, fleet) // the signature names the fleet by name; --fleet may be its ID
+					if err != nil {
+						return fmt.Errorf("fleet %s: %w", fleet, err)
+					}
+					req.KeyID, req.Signature = signer.Public().ID(), signer.Sign(f.Name, req.Release().ID)
 				}
 				r, created, err := cl.CreateRelease(ctx, fleet, req)
 				if err != nil {
@@ -92,6 +111,9 @@ berth release assign ID --fleet FLEET --all.`,
 					what = "already there, unchanged"
 				}
 				fmt.Fprintf(c.OutOrStdout(), "release %s of %s %s in fleet %s: %s\n  id %s\n", release.ShortID(r.ID), r.App, r.Version, fleet, what, r.ID)
+				if r.KeyID != "" {
+					fmt.Fprintf(c.OutOrStdout(), "  signed by key %s\n", r.KeyID)
+				}
 				return nil
 			})
 		},
@@ -100,6 +122,7 @@ berth release assign ID --fleet FLEET --all.`,
 	create.Flags().StringVar(&app, "app", "", "app name (default: the Compose project name)")
 	create.Flags().StringVar(&version, "version", "", "release version (default: git describe --tags --dirty --always)")
 	create.Flags().StringSliceVar(&profiles, "profile", nil, "Compose profiles to enable")
+	create.Flags().StringVar(&signKey, "sign-key", "", "sign the release with this private key (berth keys generate; env BERTH_SIGN_KEY); required by fleets with signing keys")
 	create.Flags().BoolVar(&noUpload, "no-upload", false, "do not upload images; record them by reference (devices must get them another way)")
 	create.Flags().BoolVar(&asJSON, "json", false, "print the release as JSON (with \"id\", and the upload under \"upload\")")
 

@@ -167,7 +167,8 @@ func TestAuthMatrix(t *testing.T) {
 		values := map[string]string{
 			"{user}": viewerID, "{token}": vts[0].ID, "{fleet}": "lab", "{service}": "web",
 			"{device}": devA.ID, "{app}": "app", "{release}": rel.ID,
-			"{path...}": "", // the registry's /v2/: the version check
+			"{path...}": "",                 // the registry's /v2/: the version check
+			"{key}":     "0011223344556677", // none such: the admin's DELETE is a 404, checked by status below
 		}
 		// A paused rollout with no devices: readable, and the engine leaves it be.
 		ro, err := e.st.CreateRollout(ctx, store.Rollout{FleetID: f.ID, ReleaseID: rel.ID, Status: store.RolloutPaused, CreatedBy: "user:admin"}, nil)

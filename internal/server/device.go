@@ -88,6 +88,11 @@ func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Ta
 	if err != nil {
 		return t, err
 	}
+	f, err := s.st.Fleet(ctx, d.FleetID)
+	if err != nil {
+		return t, err
+	}
+	t.Fleet = f.Name
 	for _, a := range as {
 		rel, err := s.st.Release(ctx, d.FleetID, a.ReleaseID)
 		if err != nil {
@@ -99,6 +104,12 @@ func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Ta
 		}
 		mergeEnv(&out.Spec, layers)
 		t.Apps[a.App] = out
+		if rel.Signature != "" {
+			if t.Signatures == nil {
+				t.Signatures = map[string]serverapi.Signature{}
+			}
+			t.Signatures[a.App] = serverapi.Signature{KeyID: rel.KeyID, Signature: rel.Signature}
+		}
 	}
 	return t, nil
 }

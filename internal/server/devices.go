@@ -106,7 +106,15 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request, _ principal) e
 		"fleet": f.Name, "name": d.Name, "arch": req.Arch, "agent_version": req.AgentVersion, "key_prefix": f.KeyPrefix,
 	})
 	s.log.Info("device registered", "fleet", f.Name, "device", d.Name, "id", d.ID)
-	reply(w, http.StatusCreated, serverapi.Registration{Device: s.deviceView(d, f.Name), Token: token})
+	keys, err := s.fleetKeys(ctx, f.ID)
+	if err != nil {
+		return err
+	}
+	reg := serverapi.Registration{Device: s.deviceView(d, f.Name), Token: token}
+	for _, k := range keys {
+		reg.TrustedKeys = append(reg.TrustedKeys, k.String())
+	}
+	reply(w, http.StatusCreated, reg)
 	return nil
 }
 

@@ -17,7 +17,7 @@ import (
 
 // releaseView is a stored release for clients; withSpec decodes its spec.
 func releaseView(r store.Release, withSpec bool) (serverapi.Release, error) {
-	v := serverapi.Release{ID: r.ID, FleetID: r.FleetID, App: r.App, Version: r.Version, Created: r.Created, CreatedBy: r.CreatedBy}
+	v := serverapi.Release{ID: r.ID, FleetID: r.FleetID, App: r.App, Version: r.Version, Created: r.Created, CreatedBy: r.CreatedBy, Signature: r.Signature, KeyID: r.KeyID}
 	if withSpec {
 		var spec release.Spec
 		if err := json.Unmarshal(r.Spec, &spec); err != nil {
@@ -37,25 +37,19 @@ func sealRelease(req serverapi.CreateReleaseRequest) (release.Release, error) {
 	if req.Version == "" || len(req.Version) > 128 || !utf8.ValidString(req.Version) {
 		return release.Release{}, fmt.Errorf("version %q: want 1 to 128 characters (git describe --tags --dirty --always): %w", req.Version, release.ErrInvalid)
 	}
-	rel := release.Release{App: req.App, Version: req.Version, Spec: req.Spec}
 	for ref, id := range req.Images {
 		if !imageIDRE.MatchString(id) {
 			return release.Release{}, fmt.Errorf("images: %s: %q is not an image ID (sha256: and 64 hex digits): %w", ref, id, release.ErrInvalid)
 		}
 		used := false
-		for name, svc := range rel.Spec.Services {
-			if svc.Image == ref {
-				used = true
-				if svc.ImageID == "" {
-					svc.ImageID = id
-					rel.Spec.Services[name] = svc
-				}
-			}
+		for _, svc := range req.Spec.Services {
+			used = used || svc.Image == ref
 		}
 		if !used {
 			return release.Release{}, fmt.Errorf("images: no service uses %s: %w", ref, release.ErrInvalid)
 		}
 	}
+	rel := req.Release() // pinned and sealed, as the client that signed it computed
 	if err := rel.Validate(); err != nil {
 		return release.Release{}, err
 	}
@@ -64,7 +58,6 @@ func sealRelease(req serverapi.CreateReleaseRequest) (release.Release, error) {
 			return release.Release{}, fmt.Errorf("service %s: image_id %q: want sha256: and 64 hex digits: %w", name, svc.ImageID, release.ErrInvalid)
 		}
 	}
-	rel.Seal()
 	return rel, nil
 }
 
@@ -82,6 +75,9 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
+	if err := s.checkSignature(ctx, f, rel.ID, req); err != nil {
+		return err
+	}
 	if err := s.checkImages(ctx, f.ID, rel, req.Content); err != nil {
 		return err
 	}
@@ -91,6 +87,7 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 	}
 	stored, created, err := s.st.CreateRelease(ctx, store.Release{
 		ID: rel.ID, FleetID: f.ID, App: rel.App, Version: rel.Version, Spec: spec, CreatedBy: p.actor(),
+		Signature: req.Signature, KeyID: req.KeyID,
 	})
 	if err != nil {
 		return err
@@ -101,6 +98,9 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 		details := map[string]any{"fleet": f.Name, "app": rel.App, "version": rel.Version}
 		if req.Content != serverapi.ContentServer {
 			details["content"] = req.Content
+		}
+		if req.KeyID != "" {
+			details["key_id"] = req.KeyID
 		}
 		s.audit(r, p, "release.create", "release/"+rel.ID, details)
 	}

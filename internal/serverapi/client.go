@@ -486,3 +486,21 @@ func (c *Client) DeviceRelease(ctx context.Context, id string) (*Release, error)
 	var r Release
 	return &r, c.get(ctx, "/v1/device/releases/"+esc(id), &r)
 }
+
+// AddSigningKey registers a public key (ed25519:<base64>) that signs a
+// fleet's releases; from then on the fleet refuses unsigned releases.
+func (c *Client) AddSigningKey(ctx context.Context, fleet, publicKey string) (*SigningKey, error) {
+	var k SigningKey
+	return &k, c.send(ctx, http.MethodPost, "/v1/fleets/"+esc(fleet)+"/keys", AddSigningKeyRequest{PublicKey: publicKey}, &k)
+}
+
+// SigningKeys lists a fleet's release signing keys.
+func (c *Client) SigningKeys(ctx context.Context, fleet string) ([]SigningKey, error) {
+	var ks []SigningKey
+	return ks, c.send(ctx, http.MethodGet, "/v1/fleets/"+esc(fleet)+"/keys", nil, &ks)
+}
+
+// RemoveSigningKey removes a fleet's signing key, by ID or public key.
+func (c *Client) RemoveSigningKey(ctx context.Context, fleet, key string) error {
+	return c.send(ctx, http.MethodDelete, "/v1/fleets/"+esc(fleet)+"/keys/"+esc(key), nil, nil)
+}

@@ -8,6 +8,7 @@ package serverapi
 
 import (
 	"encoding/json"
+	"maps"
 	"time"
 
 	"github.com/berth-robotics/berth/internal/release"
@@ -114,6 +115,30 @@ type RegisterRequest struct {
 type Registration struct {
 	Device Device `json:"device"`
 	Token  string `json:"token"`
+	// TrustedKeys are the fleet's release signing keys (ed25519:<base64>)
+	// at registration, for an agent that pins them on first use.
+	TrustedKeys []string `json:"trusted_keys,omitempty"`
+}
+
+// SigningKey is a public key that signs a fleet's releases. A fleet with
+// at least one refuses releases not signed by one of them.
+type SigningKey struct {
+	ID        string    `json:"id"`         // 16 hex digits of the SHA-256 of the key
+	PublicKey string    `json:"public_key"` // ed25519:<base64>
+	Created   time.Time `json:"created"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// AddSigningKeyRequest is the body of POST /v1/fleets/{fleet}/keys.
+type AddSigningKeyRequest struct {
+	PublicKey string `json:"public_key"`
+}
+
+// Signature is a release's ed25519 signature (base64) over
+// signing.Message(fleet name, release ID), and the ID of its key.
+type Signature struct {
+	KeyID     string `json:"key_id"`
+	Signature string `json:"signature"`
 }
 
 // Device is a registered robot as operators see it.
@@ -188,6 +213,9 @@ type Release struct {
 	Spec      *release.Spec `json:"spec,omitempty"` // absent in lists
 	Created   time.Time     `json:"created"`
 	CreatedBy string        `json:"created_by"`
+	// Signature and KeyID sign the release; "" when unsigned.
+	Signature string `json:"signature,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
 }
 
 // CreateReleaseRequest is the body of POST /v1/fleets/{fleet}/releases.
@@ -203,6 +231,33 @@ type CreateReleaseRequest struct {
 	// or elsewhere (ContentExternal: a registry, a LAN push, preloaded; not
 	// checked). It is not part of the release: the same release either way.
 	Content string `json:"content,omitempty"`
+	// Signature (base64) and KeyID sign the release: ed25519 over
+	// signing.Message(fleet name, release ID), the ID the server seals from
+	// app, version, spec and images. Required when the fleet has signing
+	// keys; then KeyID must name one of them.
+	Signature string `json:"signature,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+}
+
+// Release is the release the request makes, as the server seals it: the
+// images pinned to the services that use them and name no ImageID yet, the
+// ID the digest of app, version and spec (release.Seal). A client signs
+// this ID. It checks nothing; the server does.
+func (req CreateReleaseRequest) Release() release.Release {
+	rel := release.Release{App: req.App, Version: req.Version, Spec: req.Spec}
+	if len(req.Images) > 0 && req.Spec.Services != nil {
+		rel.Spec.Services = maps.Clone(req.Spec.Services)
+		for ref, id := range req.Images {
+			for name, svc := range rel.Spec.Services {
+				if svc.Image == ref && svc.ImageID == "" {
+					svc.ImageID = id
+					rel.Spec.Services[name] = svc
+				}
+			}
+		}
+	}
+	rel.Seal()
+	return rel
 }
 
 // Values of CreateReleaseRequest.Content.
@@ -233,6 +288,13 @@ type Assignment struct {
 type Target struct {
 	Version int64 `json:"version"`
 	release.TargetState
+	// Signatures are the signatures of the apps' releases, by app; an
+	// unsigned release has none. They sign the release's ID (the digest of
+	// the release as stored, before the environment layers are merged) and
+	// the fleet's name.
+	Signatures map[string]Signature `json:"signatures,omitempty"`
+	// Fleet is the device's fleet, by name.
+	Fleet string `json:"fleet,omitempty"`
 }
 
 // StateReport answers a state report.

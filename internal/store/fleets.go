@@ -141,3 +141,61 @@ func fleetReleases(ctx context.Context, q querier, fleetID string) ([]AppRelease
 	}
 	return ars, nil
 }
+
+const fleetKeyCols = "fleet_id, key_id, public_key, created, created_by"
+
+func scanFleetKey(s scanner) (FleetKey, error) {
+	var k FleetKey
+	var created int64
+	if err := s.Scan(&k.FleetID, &k.ID, &k.PublicKey, &created, &k.CreatedBy); err != nil {
+		return FleetKey{}, err
+	}
+	k.Created = fromMicros(created)
+	return k, nil
+}
+
+// AddFleetKey implements Store.
+func (db *DB) AddFleetKey(ctx context.Context, k FleetKey) (FleetKey, error) {
+	if k.FleetID == "" || k.ID == "" || k.PublicKey == "" {
+		return FleetKey{}, fmt.Errorf("add fleet key: fleet, ID and public key are required: %w", ErrInvalid)
+	}
+	if err := checkText("add fleet key", k.ID, k.PublicKey, k.CreatedBy); err != nil {
+		return FleetKey{}, err
+	}
+	k.Created = db.now()
+	_, err := db.w.ExecContext(ctx, "INSERT INTO fleet_keys ("+fleetKeyCols+") VALUES ($1, $2, $3, $4, $5)",
+		k.FleetID, k.ID, k.PublicKey, micros(k.Created), k.CreatedBy)
+	if isUnique(err) {
+		return FleetKey{}, fmt.Errorf("add key %s to fleet %s: it is there already: %w", k.ID, k.FleetID, ErrConflict)
+	}
+	if isForeignKey(err) {
+		return FleetKey{}, fmt.Errorf("add key %s: fleet %s: %w", k.ID, k.FleetID, ErrNotFound)
+	}
+	if err != nil {
+		return FleetKey{}, fmt.Errorf("add key %s to fleet %s: %w", k.ID, k.FleetID, err)
+	}
+	return k, nil
+}
+
+// FleetKeys implements Store.
+func (db *DB) FleetKeys(ctx context.Context, fleetID string) ([]FleetKey, error) {
+	ks, err := queryAll(ctx, db.r, scanFleetKey, "SELECT "+fleetKeyCols+" FROM fleet_keys WHERE fleet_id = $1 ORDER BY key_id", fleetID)
+	if err != nil {
+		return nil, fmt.Errorf("keys of fleet %s: %w", fleetID, err)
+	}
+	return ks, nil
+}
+
+// RemoveFleetKey implements Store.
+func (db *DB) RemoveFleetKey(ctx context.Context, fleetID, keyID string) error {
+	res, err := db.w.ExecContext(ctx, "DELETE FROM fleet_keys WHERE fleet_id = $1 AND key_id = $2", fleetID, keyID)
+	if err != nil {
+		return fmt.Errorf("remove key %s of fleet %s: %w", keyID, fleetID, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("remove key %s of fleet %s: %w", keyID, fleetID, err)
+	} else if n == 0 {
+		return fmt.Errorf("remove key %s of fleet %s: no such key: %w", keyID, fleetID, ErrNotFound)
+	}
+	return nil
+}

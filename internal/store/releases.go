@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-const releaseCols = "fleet_id, id, app, version, spec, created, created_by"
+const releaseCols = "fleet_id, id, app, version, spec, created, created_by, signature, key_id"
 
 // releaseColsOf is releaseCols qualified by a table alias.
 func releaseColsOf(alias string) string {
@@ -19,7 +19,7 @@ func scanRelease(s scanner) (Release, error) {
 	var r Release
 	var spec string
 	var created int64
-	if err := s.Scan(&r.FleetID, &r.ID, &r.App, &r.Version, &spec, &created, &r.CreatedBy); err != nil {
+	if err := s.Scan(&r.FleetID, &r.ID, &r.App, &r.Version, &spec, &created, &r.CreatedBy, &r.Signature, &r.KeyID); err != nil {
 		return Release{}, err
 	}
 	r.Spec = json.RawMessage(spec)
@@ -32,7 +32,7 @@ func (db *DB) CreateRelease(ctx context.Context, r Release) (Release, bool, erro
 	if r.ID == "" || r.FleetID == "" || r.App == "" {
 		return Release{}, false, fmt.Errorf("create release: ID, fleet and app are required: %w", ErrInvalid)
 	}
-	if err := checkText("create release", r.ID, r.App, r.Version, r.CreatedBy); err != nil {
+	if err := checkText("create release", r.ID, r.App, r.Version, r.CreatedBy, r.Signature, r.KeyID); err != nil {
 		return Release{}, false, err
 	}
 	if !validJSON(r.Spec) {
@@ -46,8 +46,8 @@ func (db *DB) CreateRelease(ctx context.Context, r Release) (Release, bool, erro
 	r.Created = db.now()
 	// Insert unless there; then read what is there. Under concurrent
 	// creates of one release, exactly one inserts and all compare alike.
-	res, err := db.w.ExecContext(ctx, "INSERT INTO releases ("+releaseCols+") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fleet_id, id) DO NOTHING",
-		r.FleetID, r.ID, r.App, r.Version, string(r.Spec), micros(r.Created), r.CreatedBy)
+	res, err := db.w.ExecContext(ctx, "INSERT INTO releases ("+releaseCols+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (fleet_id, id) DO NOTHING",
+		r.FleetID, r.ID, r.App, r.Version, string(r.Spec), micros(r.Created), r.CreatedBy, r.Signature, r.KeyID)
 	if isForeignKey(err) {
 		return Release{}, false, fmt.Errorf("create release %s: fleet %s: %w", r.ID, r.FleetID, ErrNotFound)
 	}
@@ -66,6 +66,15 @@ func (db *DB) CreateRelease(ctx context.Context, r Release) (Release, bool, erro
 	if old.App != r.App || old.Version != r.Version || !bytes.Equal(old.Spec, r.Spec) {
 		return Release{}, false, fmt.Errorf("create release %s: a release with this ID and different content exists (app %s, version %s); releases are immutable: %w",
 			r.ID, old.App, old.Version, ErrConflict)
+	}
+	if r.Signature != "" && (r.Signature != old.Signature || r.KeyID != old.KeyID) {
+		// Signed again (after a key rotation, or first signed now): the
+		// caller verified the new signature; it replaces the old.
+		if _, err := db.w.ExecContext(ctx, "UPDATE releases SET signature = $3, key_id = $4 WHERE fleet_id = $1 AND id = $2",
+			r.FleetID, r.ID, r.Signature, r.KeyID); err != nil {
+			return Release{}, false, fmt.Errorf("create release %s: sign: %w", r.ID, err)
+		}
+		old.Signature, old.KeyID = r.Signature, r.KeyID
 	}
 	return old, false, nil
 }

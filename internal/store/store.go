@@ -107,6 +107,13 @@ type Store interface {
 	SetFleetRelease(ctx context.Context, fleetID, releaseID string) error
 	// FleetReleases returns the fleet's release per app, by app.
 	FleetReleases(ctx context.Context, fleetID string) ([]AppRelease, error)
+	// AddFleetKey registers a public key that signs the fleet's releases
+	// (ErrConflict if its ID is there already).
+	AddFleetKey(ctx context.Context, k FleetKey) (FleetKey, error)
+	// FleetKeys returns the fleet's release signing keys, by ID.
+	FleetKeys(ctx context.Context, fleetID string) ([]FleetKey, error)
+	// RemoveFleetKey removes a fleet's signing key (ErrNotFound if absent).
+	RemoveFleetKey(ctx context.Context, fleetID, keyID string) error
 
 	// CreateDevice registers a device in a fleet under a name unique in that
 	// fleet (else ErrConflict), authenticated from then on by tokenSecret
@@ -330,6 +337,21 @@ type Release struct {
 	Spec      json.RawMessage `json:"spec"`
 	Created   time.Time       `json:"created"`
 	CreatedBy string          `json:"created_by"`
+	// Signature (base64) and KeyID are the release's ed25519 signature
+	// (package signing) and its key's ID; "" for unsigned. They are not
+	// part of the release's identity: creating the release again with
+	// another signature replaces them.
+	Signature string `json:"signature,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+}
+
+// FleetKey is a public key that signs a fleet's releases.
+type FleetKey struct {
+	FleetID   string    `json:"fleet_id"`
+	ID        string    `json:"id"`
+	PublicKey string    `json:"public_key"` // ed25519:<base64>
+	Created   time.Time `json:"created"`
+	CreatedBy string    `json:"created_by"`
 }
 
 // ReleaseFilter selects releases for ListReleases.

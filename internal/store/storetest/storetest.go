@@ -36,6 +36,8 @@ func Run(t *testing.T, open Opener) {
 		{"DeviceList", testDeviceList},
 		{"DeviceState", testDeviceState},
 		{"Releases", testReleases},
+		{"SignedReleases", testSignedReleases},
+		{"FleetKeys", testFleetKeys},
 		{"Targets", testTargets},
 		{"Env", testEnv},
 		{"Rollouts", testRollouts},
@@ -461,6 +463,59 @@ func testReleases(t *testing.T, s store.Store, _ *Clock) {
 	diff(t, "ListReleases, newest first", []string{r3.ID, r2.ID, r.ID}, ids(try(s.ListReleases(ctx, store.ReleaseFilter{FleetID: lab.ID})).must(t)))
 	diff(t, "ListReleases of nav", []string{r2.ID, r.ID}, ids(try(s.ListReleases(ctx, store.ReleaseFilter{FleetID: lab.ID, App: "nav"})).must(t)))
 	diff(t, "ListReleases, limited", []string{r3.ID}, ids(try(s.ListReleases(ctx, store.ReleaseFilter{FleetID: lab.ID, Limit: 1})).must(t)))
+}
+
+func testSignedReleases(t *testing.T, s store.Store, _ *Clock) {
+	lab := try(s.CreateFleet(ctx, "lab", "")).must(t)
+	r := newRelease(lab.ID, "nav", "v1.0.0")
+	stored := rel(s.CreateRelease(ctx, r)).must(t)
+	if stored.Signature != "" || stored.KeyID != "" {
+		t.Fatalf("unsigned release stored signed: %+v", stored)
+	}
+	// Signed later: the signature is added, the release is the same.
+	signed := r
+	signed.Signature, signed.KeyID = "c2ln", "0011223344556677"
+	got, created, err := s.CreateRelease(ctx, signed)
+	is(t, err, nil, "sign an existing release")
+	if created || got.Signature != "c2ln" || got.KeyID != "0011223344556677" {
+		t.Fatalf("created %v: %+v", created, got)
+	}
+	diff(t, "the signed release", got, try(s.Release(ctx, lab.ID, r.ID)).must(t))
+	// Created again unsigned: the signature stays.
+	diff(t, "created again unsigned", got, rel(s.CreateRelease(ctx, r)).must(t))
+	// Listed with it.
+	rs := try(s.ListReleases(ctx, store.ReleaseFilter{FleetID: lab.ID})).must(t)
+	if len(rs) != 1 || rs[0].Signature != "c2ln" {
+		t.Fatalf("ListReleases: %+v", rs)
+	}
+}
+
+func testFleetKeys(t *testing.T, s store.Store, _ *Clock) {
+	lab := try(s.CreateFleet(ctx, "lab", "")).must(t)
+	field := try(s.CreateFleet(ctx, "field", "")).must(t)
+	diff(t, "no keys", 0, len(try(s.FleetKeys(ctx, lab.ID)).must(t)))
+	k := store.FleetKey{FleetID: lab.ID, ID: "bb00000000000000", PublicKey: "ed25519:b", CreatedBy: "user:alice"}
+	added := try(s.AddFleetKey(ctx, k)).must(t)
+	if added.Created.IsZero() {
+		t.Fatalf("added: %+v", added)
+	}
+	try(s.AddFleetKey(ctx, store.FleetKey{FleetID: lab.ID, ID: "aa00000000000000", PublicKey: "ed25519:a", CreatedBy: "user:alice"})).must(t)
+	_, err := s.AddFleetKey(ctx, k)
+	is(t, err, store.ErrConflict, "the same key twice")
+	_, err = s.AddFleetKey(ctx, store.FleetKey{FleetID: "nowhere", ID: "cc", PublicKey: "ed25519:c"})
+	is(t, err, store.ErrNotFound, "key of no fleet")
+	_, err = s.AddFleetKey(ctx, store.FleetKey{FleetID: lab.ID})
+	is(t, err, store.ErrInvalid, "empty key")
+	ks := try(s.FleetKeys(ctx, lab.ID)).must(t)
+	if len(ks) != 2 || ks[0].ID != "aa00000000000000" {
+		t.Fatalf("FleetKeys: %+v", ks)
+	}
+	diff(t, "the key as listed", added, ks[1])
+	diff(t, "another fleet's keys", 0, len(try(s.FleetKeys(ctx, field.ID)).must(t)))
+	is(t, s.RemoveFleetKey(ctx, lab.ID, "aa00000000000000"), nil, "remove a key")
+	is(t, s.RemoveFleetKey(ctx, lab.ID, "aa00000000000000"), store.ErrNotFound, "remove it again")
+	is(t, s.RemoveFleetKey(ctx, field.ID, "bb00000000000000"), store.ErrNotFound, "remove another fleet's key")
+	diff(t, "keys left", 1, len(try(s.FleetKeys(ctx, lab.ID)).must(t)))
 }
 
 func testTargets(t *testing.T, s store.Store, _ *Clock) {
