@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --dirty --always 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build test test-short test-integration lint fuzz bench cross quickstart clean
+.PHONY: help build test test-short test-integration lint fuzz bench bench-fleet cross quickstart clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1
+
+bench-fleet: ## the fleet server under 10,000 simulated devices, SQLite and PostgreSQL (~8 min)
+	$(GO) run ./bench/fleet
 
 cross: ## berthd for linux/amd64, arm64 and arm/v7 into bin/
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-amd64 ./cmd/berthd

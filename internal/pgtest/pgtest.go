@@ -102,18 +102,47 @@ func (c *Cluster) Require(t testing.TB) {
 	if os.Getenv(EnvDSN) == "" && testing.Short() && !inCI() {
 		t.Skip("PostgreSQL: skipped under -short; set " + EnvDSN + " or drop -short to run against a real server")
 	}
-	c.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		c.tag = strings.ToLower(rand.Text()[:6])
-		c.err = c.start(ctx)
-	})
-	if c.err != nil {
+	if c.Start(context.Background()) != nil {
 		if inCI() {
 			t.Fatalf("PostgreSQL: %v\n(CI=true: a missing PostgreSQL fails the tests; install Debian's postgresql package or set %s)", c.err, EnvDSN)
 		}
 		t.Skipf("PostgreSQL: %v\n(skipping; install Debian's postgresql package or set %s to a DSN)", c.err, EnvDSN)
 	}
+}
+
+// Start starts the cluster, once; later calls return the first one's
+// error. Tests call Require instead; Start is for programs that are not
+// tests (bench/fleet), which then call CreateDatabase and Close.
+func (c *Cluster) Start(ctx context.Context) error {
+	c.once.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		c.tag = strings.ToLower(rand.Text()[:6])
+		c.err = c.start(ctx)
+	})
+	return c.err
+}
+
+// CreateDatabase creates an empty database called name in a started
+// cluster and returns its DSN. Nothing drops it but Close (of a cluster
+// this Cluster started).
+func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := c.Start(ctx); err != nil {
+		return "", err
+	}
+	if err := c.exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("PostgreSQL: create database %s: %w", name, err)
+	}
+	return withDatabase(c.admin, name)
+}
+
+// PID is the process ID of the postmaster this Cluster started, or 0
+// (an outside server, or not started).
+func (c *Cluster) PID() int {
+	if c.cmd == nil {
+		return 0
+	}
+	return c.cmd.Process.Pid
 }
 
 // Close stops the cluster, if this Cluster started one, and removes its
