@@ -129,6 +129,14 @@ func Teardown() {
 		}
 		eng.Close()
 	}
+	// Images tests built under berthtest/ that their own cleanup could not
+	// remove while a device's container still used them (cleanups run in
+	// reverse order): every device is gone now.
+	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--filter", "reference=berthtest/*").Output(); err == nil {
+		if ids := strings.Fields(string(out)); len(ids) > 0 {
+			_ = exec.CommandContext(ctx, "docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+		}
+	}
 	os.RemoveAll(shared.Bin)
 }
 
