@@ -295,14 +295,21 @@ func (s *Server) contentInfo(w http.ResponseWriter, r *http.Request, p principal
 	return nil
 }
 
+// contentUpload returns the server's content store and the request's body,
+// bounded: the start of every upload handler.
+func (s *Server) contentUpload(w http.ResponseWriter, r *http.Request) (*Content, []byte, error) {
+	c, err := s.contentStore()
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := upload(w, r)
+	return c, body, err
+}
+
 // contentMissing answers which of the posted digests (32 bytes each) the
 // store lacks, in the same form.
 func (s *Server) contentMissing(w http.ResponseWriter, r *http.Request, p principal) error {
-	c, err := s.contentStore()
-	if err != nil {
-		return err
-	}
-	body, err := upload(w, r)
+	c, body, err := s.contentUpload(w, r)
 	if err != nil {
 		return err
 	}
@@ -317,11 +324,7 @@ func (s *Server) contentMissing(w http.ResponseWriter, r *http.Request, p princi
 // contentPieces stores one batch of pieces, each checked against its
 // digest.
 func (s *Server) contentPieces(w http.ResponseWriter, r *http.Request, p principal) error {
-	c, err := s.contentStore()
-	if err != nil {
-		return err
-	}
-	body, err := upload(w, r)
+	c, body, err := s.contentUpload(w, r)
 	if err != nil {
 		return err
 	}
@@ -336,11 +339,7 @@ func (s *Server) contentPieces(w http.ResponseWriter, r *http.Request, p princip
 // contentIndex stores a layer's index once all its pieces are here (409
 // otherwise); ?base= names the layer a delta-encoded index is against.
 func (s *Server) contentIndex(w http.ResponseWriter, r *http.Request, p principal) error {
-	c, err := s.contentStore()
-	if err != nil {
-		return err
-	}
-	body, err := upload(w, r)
+	c, body, err := s.contentUpload(w, r)
 	if err != nil {
 		return err
 	}
