@@ -117,6 +117,11 @@ func (a *Agent) runFleet(ctx context.Context) {
 		defer a.wg.Done()
 		a.reportLoop(ctx, cl)
 	}()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.runLogs(ctx, cl)
+	}()
 	var known int64
 	var pending *serverapi.Target // a target not fully applied yet
 	for delay := time.Second; ctx.Err() == nil; {

@@ -286,6 +286,26 @@ func TestFleetCLI(t *testing.T) {
 		t.Errorf("fleets after the refusal: %+v", fs)
 	}
 
+	// Logs a robot shipped, read by the viewer: by name with --fleet.
+	now := time.Now().UTC()
+	if err := agents["robot-a"].ShipLogs(ctx, serverapi.LogBatch{Lines: []serverapi.LogLine{
+		{App: "hello", Service: "web", Container: "c1", Time: now.Add(-time.Hour), Stream: "stdout", Text: "old"},
+		{App: "hello", Service: "web", Container: "c1", Time: now, Stream: "stdout", Text: "ready"},
+		{App: "hello", Service: "db", Container: "c2", Time: now, Stream: "stderr", Text: "db up"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := must(t, "logs", "--device", "robot-a", "--fleet", "lab", "--app", "hello", "web", "--since", "10m"); !strings.Contains(out, "web | ready") || strings.Contains(out, "old") || strings.Contains(out, "db up") {
+		t.Errorf("berth logs --device:\n%s", out)
+	}
+	out = must(t, "logs", "--device", "robot-a", "--fleet", "lab", "--json")
+	if ls := strings.Split(strings.TrimSpace(out), "\n"); len(ls) != 3 || decodeJSON[serverapi.LogLine](t, ls[2]).Text != "db up" {
+		t.Errorf("berth logs --device --json:\n%s", out)
+	}
+	if _, errOut, code := berth(t, "logs", "--device", "robot-b", "--fleet", "lab"); code != 0 || errOut != "" {
+		t.Errorf("robot-b's logs (none): exit %d, %s", code, errOut)
+	}
+
 	for _, secret := range []string{adminToken, key, tok} {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the server's log holds a secret (%.6s…)", secret)

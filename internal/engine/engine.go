@@ -234,6 +234,21 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, tail string, 
 	if tail == "" {
 		tail = "all"
 	}
+	return c.logs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow, Tail: tail}, stdout, stderr)
+}
+
+// FollowLogs copies a container's log lines logged after since to stdout
+// and stderr, each line starting with its RFC 3339 timestamp and a space,
+// and goes on with new lines until the container stops or ctx ends.
+func (c *Client) FollowLogs(ctx context.Context, id string, since time.Time, stdout, stderr io.Writer) error {
+	o := container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: true, Timestamps: true}
+	if !since.IsZero() {
+		o.Since = fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond())
+	}
+	return c.logs(ctx, id, o, stdout, stderr)
+}
+
+func (c *Client) logs(ctx context.Context, id string, o container.LogsOptions, stdout, stderr io.Writer) error {
 	j, err := c.api.ContainerInspect(ctx, id)
 	if err != nil {
 		return wrapNotFound("container "+id, err)
@@ -241,7 +256,7 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, tail string, 
 	if j.Config.Labels[LabelInstance] != c.instance {
 		return fmt.Errorf("container %s is not managed by agent %s: %w", id, c.instance, release.ErrNotFound)
 	}
-	rc, err := c.api.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow, Tail: tail, Timestamps: false})
+	rc, err := c.api.ContainerLogs(ctx, id, o)
 	if err != nil {
 		return fmt.Errorf("logs of %s: %w", id, err)
 	}

@@ -266,7 +266,12 @@ func reply(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
 // operators' requests); devices' bodies are read leniently, so that a newer
 // agent can send more than this server knows.
 func decode(w http.ResponseWriter, r *http.Request, v any, strict bool) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSON))
+	return decodeLimit(w, r, v, strict, maxJSON)
+}
+
+// decodeLimit is decode with another bound than maxJSON.
+func decodeLimit(w http.ResponseWriter, r *http.Request, v any, strict bool, limit int64) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	if strict {
 		dec.DisallowUnknownFields()
 	}

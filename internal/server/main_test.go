@@ -122,6 +122,8 @@ type envOptions struct {
 	adminToken string
 	// maxBlob and maxLayer bound what /v2 takes (Options.MaxBlob, MaxLayer).
 	maxBlob, maxLayer int64
+	// logsKept is Options.LogsKept.
+	logsKept int
 }
 
 func newEnv(t *testing.T, b backend, o envOptions) *env {
@@ -141,6 +143,7 @@ func newEnv(t *testing.T, b backend, o envOptions) *env {
 
 		MaxBlob:  o.maxBlob,
 		MaxLayer: o.maxLayer,
+		LogsKept: o.logsKept,
 	}
 	if o.clock != nil {
 		st.Now, opts.Now = o.clock.Now, o.clock.Now

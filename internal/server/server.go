@@ -50,6 +50,9 @@ type Options struct {
 	// pushed layer decompressed (a bomb stops there). Defaults 4 GiB and
 	// 16 GiB.
 	MaxBlob, MaxLayer int64
+	// LogsKept is how many of each device's newest log lines are kept.
+	// Default 10,000.
+	LogsKept int
 }
 
 // Server serves the fleet API over a store.
@@ -59,6 +62,7 @@ type Server struct {
 	now  func() time.Time
 	opts Options
 	hub  *hub
+	logs *logNotifier
 	mux  *http.ServeMux
 
 	content *contentState // uploaded images, and who may read them
@@ -89,6 +93,9 @@ func New(st store.Store, opts Options) *Server {
 	if opts.MaxBlob <= 0 {
 		opts.MaxBlob = defaultMaxBlob
 	}
+	if opts.LogsKept <= 0 {
+		opts.LogsKept = defaultLogsKept
+	}
 	if opts.MaxLayer <= 0 {
 		opts.MaxLayer = defaultMaxLayer
 	}
@@ -98,6 +105,7 @@ func New(st store.Store, opts Options) *Server {
 		now:  opts.Now,
 		opts: opts,
 		hub:  newHub(st, opts.Logger),
+		logs: newLogNotifier(),
 		mux:  http.NewServeMux(),
 
 		content: newContentState(opts.Content),
@@ -117,6 +125,10 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { s.listen(ctx, s.opts.ListenDSN) })
 	}
 	wg.Go(func() { s.runRollouts(ctx) })
+	wg.Go(func() {
+		<-ctx.Done()
+		s.logs.close()
+	})
 	s.hub.run(ctx, s.opts.Rescan)
 	wg.Wait()
 	return nil
@@ -201,6 +213,7 @@ func (s *Server) table() []route {
 		{"PUT /v1/devices/{device}/env/{service}", needDeployer, s.setEnv},
 		{"POST /v1/devices/{device}/pin", needDeployer, s.pin},
 		{"DELETE /v1/devices/{device}/pin/{app}", needDeployer, s.unpin},
+		{"GET /v1/devices/{device}/logs", needViewer, s.deviceLogs},
 
 		{"POST /v1/fleets/{fleet}/releases", needDeployer, s.createRelease},
 		{"GET /v1/fleets/{fleet}/releases", needViewer, s.listReleases},
@@ -210,6 +223,7 @@ func (s *Server) table() []route {
 		{"GET /v1/device/target", needDevice, s.target},
 		{"PUT /v1/device/state", needDevice, s.reportState},
 		{"GET /v1/device/releases/{release}", needDevice, s.deviceRelease},
+		{"POST /v1/device/logs", needDevice, s.shipLogs},
 
 		{"GET /v1/audit", needAdmin, s.listAudit},
 	},

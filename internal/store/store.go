@@ -231,6 +231,13 @@ type Store interface {
 	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)
 	// ListAudit returns entries newest first, filtered and a page at a time.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+
+	// AppendLogs stores a device's log lines, in order, then trims the
+	// device's lines to the newest keep (0: no trim).
+	AppendLogs(ctx context.Context, deviceID string, lines []LogLine, keep int) error
+	// Logs returns a device's log lines, oldest first: the newest Limit
+	// that match, or with After the first Limit stored after it.
+	Logs(ctx context.Context, f LogFilter) ([]LogLine, error)
 }
 
 // Role is what a user may do.

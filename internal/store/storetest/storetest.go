@@ -43,6 +43,7 @@ func Run(t *testing.T, open Opener) {
 		{"Rollouts", testRollouts},
 		{"RolloutStages", testRolloutStages},
 		{"Audit", testAudit},
+		{"Logs", testLogs},
 		{"Concurrent", testConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1024,4 +1025,45 @@ func testConcurrent(t *testing.T, s store.Store, _ *Clock) {
 		}
 		seen[v] = true
 	}
+}
+
+func testLogs(t *testing.T, s store.Store, clock *Clock) {
+	lab := try(s.CreateFleet(ctx, "lab", "")).must(t)
+	r1 := try(s.CreateDevice(ctx, lab.ID, "r1", store.NewSecret("bd"))).must(t)
+	r2 := try(s.CreateDevice(ctx, lab.ID, "r2", store.NewSecret("bd"))).must(t)
+	line := func(app, svc, text string) store.LogLine {
+		return store.LogLine{App: app, Service: svc, Container: "c-" + svc, Time: clock.Now(), Stream: "stdout", Text: text}
+	}
+	texts := func(ls []store.LogLine) []string {
+		var out []string
+		for _, l := range ls {
+			out = append(out, l.Text)
+		}
+		return out
+	}
+	if err := s.AppendLogs(ctx, r1.ID, []store.LogLine{line("a", "web", "1"), line("a", "db", "2"), line("b", "web", "3")}, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendLogs(ctx, r2.ID, []store.LogLine{line("a", "web", "other")}, 4); err != nil {
+		t.Fatal(err)
+	}
+	all := try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID})).must(t)
+	diff(t, "all of r1", []string{"1", "2", "3"}, texts(all))
+	if all[0].Container != "c-web" || all[0].Time.IsZero() || all[0].ID <= 0 || all[0].Stream != "stdout" {
+		t.Errorf("line: %+v", all[0])
+	}
+	diff(t, "app a", []string{"1", "2"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, App: "a"})).must(t)))
+	diff(t, "service web", []string{"1", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Service: "web"})).must(t)))
+	diff(t, "since", []string{"2", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Since: all[1].Time})).must(t)))
+	diff(t, "newest 2", []string{"2", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Limit: 2})).must(t)))
+	diff(t, "after 1", []string{"2"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, After: all[0].ID, Limit: 1})).must(t)))
+
+	// Kept: the newest 4.
+	if err := s.AppendLogs(ctx, r1.ID, []store.LogLine{line("a", "web", "4"), line("a", "web", "5")}, 4); err != nil {
+		t.Fatal(err)
+	}
+	diff(t, "trimmed", []string{"2", "3", "4", "5"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID})).must(t)))
+	diff(t, "r2 untouched", []string{"other"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r2.ID})).must(t)))
+
+	is(t, s.AppendLogs(ctx, r1.ID, []store.LogLine{line("a", "web", "nul\x00")}, 4), store.ErrInvalid, "a NUL in a line")
 }
