@@ -25,16 +25,7 @@ func TestFleetDevice(t *testing.T) {
 	srv := env.NewServer(t)
 	port := FreePort(t)
 
-	out, err := srv.Berth(t, "fleet", "create", "lab", "--json")
-	if err != nil {
-		t.Fatal(err, out)
-	}
-	var fl struct {
-		Key string `json:"provisioning_key"`
-	}
-	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
-		t.Fatalf("fleet create --json: %v\n%s", err, out)
-	}
+	key := srv.CreateFleet(t, "lab")
 
 	// An image only the laptop has: built, uploaded with the release, then
 	// removed from the engine (the device's engine is this engine).
@@ -44,7 +35,7 @@ func TestFleetDevice(t *testing.T) {
 	}
 	compose := filepath.Join(t.TempDir(), "compose.yaml")
 	write(t, compose, strings.Replace(web(port, "1"), "${IMG_A}", tag, 1))
-	out, err = srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", "v1", "--json")
+	out, err := srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", "v1", "--json")
 	if err != nil {
 		t.Fatal(err, out)
 	}
@@ -58,7 +49,7 @@ func TestFleetDevice(t *testing.T) {
 		t.Fatal(err, out)
 	}
 
-	robot := env.NewFleetDevice(t, srv.URL, fl.Key)
+	robot := env.NewFleetDevice(t, srv.URL, key)
 	if out, err := srv.Berth(t, "release", "assign", rel.ID, "--fleet", "lab", "--all"); err != nil {
 		t.Fatal(err, out)
 	}
@@ -82,7 +73,7 @@ func TestFleetDevice(t *testing.T) {
 	}
 	defer func() {
 		log, _ := os.ReadFile(filepath.Join(filepath.Dir(robot.StateDir), "berthd.log"))
-		for what, secret := range map[string]string{"provisioning key": fl.Key, "device token": reg.Token} {
+		for what, secret := range map[string]string{"provisioning key": key, "device token": reg.Token} {
 			if strings.Contains(string(log), secret) {
 				t.Errorf("berthd's log shows the %s", what)
 			}

@@ -1,7 +1,6 @@
 package berthtest
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -14,17 +13,8 @@ func TestFleetLogs(t *testing.T) {
 	env := NewEnv(t)
 	srv := env.NewServer(t)
 	port := FreePort(t)
-	out, err := srv.Berth(t, "fleet", "create", "lab", "--json")
-	if err != nil {
-		t.Fatal(err, out)
-	}
-	var fl struct {
-		Key string `json:"provisioning_key"`
-	}
-	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
-		t.Fatalf("fleet create --json: %v\n%s", err, out)
-	}
-	robot := env.NewFleetDevice(t, srv.URL, fl.Key)
+	key := srv.CreateFleet(t, "lab")
+	robot := env.NewFleetDevice(t, srv.URL, key)
 	robot.MustDeploy(t, "app", web(port, "7"))
 	robot.AwaitHealthy(t, "app")
 

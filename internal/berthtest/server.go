@@ -3,6 +3,7 @@ package berthtest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -103,4 +104,21 @@ func (s *Server) Berth(t testing.TB, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
+}
+
+// CreateFleet creates a fleet with `berth fleet create --json` and returns
+// its provisioning key.
+func (s *Server) CreateFleet(t testing.TB, name string) string {
+	t.Helper()
+	out, err := s.Berth(t, "fleet", "create", name, "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var fl struct {
+		Key string `json:"provisioning_key"`
+	}
+	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
+		t.Fatalf("fleet create --json: %v\n%s", err, out)
+	}
+	return fl.Key
 }

@@ -21,19 +21,10 @@ func TestFleetDeviceRefusesUnsigned(t *testing.T) {
 	srv := env.NewServer(t)
 	port := FreePort(t)
 
-	out, err := srv.Berth(t, "fleet", "create", "lab", "--json")
-	if err != nil {
-		t.Fatal(err, out)
-	}
-	var fl struct {
-		Key string `json:"provisioning_key"`
-	}
-	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
-		t.Fatalf("fleet create --json: %v\n%s", err, out)
-	}
+	key := srv.CreateFleet(t, "lab")
 	keys := t.TempDir()
 	trusted, other := filepath.Join(keys, "trusted"), filepath.Join(keys, "other")
-	out, err = srv.Berth(t, "keys", "generate", "--out", trusted)
+	out, err := srv.Berth(t, "keys", "generate", "--out", trusted)
 	if err != nil {
 		t.Fatal(err, out)
 	}
@@ -64,7 +55,7 @@ func TestFleetDeviceRefusesUnsigned(t *testing.T) {
 		return rel.ID
 	}
 
-	robot := env.NewFleetDevice(t, srv.URL, fl.Key, "--trusted-key", pub)
+	robot := env.NewFleetDevice(t, srv.URL, key, "--trusted-key", pub)
 	v1 := create("1", "--sign-key", filepath.Join(trusted, "berth-release.key"))
 	robot.Await(t, "app", 60*time.Second, "the signed release committed", func(a release.AppState) bool {
 		return a.FleetRelease == v1 && a.Phase == release.PhaseIdle
