@@ -160,6 +160,25 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, i
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	resp, err := c.roundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	defer resp.Body.Close()
+	if out == nil || resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusNoContent {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp, nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return resp, fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	}
+	return resp, nil
+}
+
+// roundTrip sends req with the client's token. A failure to reach the
+// server names it; an answer of 400 or more comes back as an *Error (with
+// the response, its body consumed and closed).
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
@@ -171,29 +190,22 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, i
 		}
 		return nil, fmt.Errorf("server %s: %w", c.base.Host, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		e := &Error{Status: resp.StatusCode}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var eb ErrorBody
-		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
-			e.Message = eb.Error
-		} else {
-			e.Message = strings.TrimSpace(string(b))
-		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-			e.RetryAfter = time.Duration(s) * time.Second
-		}
-		return resp, e
-	}
-	if out == nil || resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusNoContent {
-		_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode < 400 {
 		return resp, nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return resp, fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	defer resp.Body.Close()
+	e := &Error{Status: resp.StatusCode}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var eb ErrorBody
+	if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
+		e.Message = eb.Error
+	} else {
+		e.Message = strings.TrimSpace(string(b))
 	}
-	return resp, nil
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return resp, e
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

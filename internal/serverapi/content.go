@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -127,29 +126,15 @@ func (c *Client) binary(ctx context.Context, method, path string, body []byte) (
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
 	req.Header.Set("Accept", "application/octet-stream, application/json")
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
+		var h http.Header
+		if resp != nil {
+			h = resp.Header
 		}
-		return nil, nil, fmt.Errorf("server %s: %w", c.base.Host, err)
+		return nil, h, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		e := &Error{Status: resp.StatusCode}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var eb ErrorBody
-		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
-			e.Message = eb.Error
-		} else {
-			e.Message = strings.TrimSpace(string(b))
-		}
-		return nil, resp.Header, e
-	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, transfer.MaxBatch+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s %s: %w", method, strings.SplitN(path, "?", 2)[0], err)
