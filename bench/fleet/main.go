@@ -14,6 +14,7 @@
 //
 //	go run ./bench/fleet                                   # 10,000 devices, both databases
 //	go run ./bench/fleet -devices 200 -duration 30s        # a one-minute check
+//	go run ./bench/fleet -db sqlite -profile /tmp/prof     # with the server's CPU profiles
 //
 // Run it from the repository root. Everything it starts (the server, the
 // PostgreSQL cluster) and the temporary directories are removed at the
@@ -40,6 +41,7 @@ func main() {
 	flag.DurationVar(&o.wait, "wait", 30*time.Second, "long poll wait the devices ask for (berthd's default poll interval)")
 	flag.IntVar(&o.fetchRate, "fetch-rate", 20, "full target fetches per second sampled during steady state")
 	flag.StringVar(&o.out, "out", "bench/fleet", "directory for results-<date>.{md,json}; empty: stdout only")
+	flag.StringVar(&o.profile, "profile", "", "directory for the server's CPU profiles of steady state and of the wake (<db>-steady.pprof, <db>-wake.pprof); empty: none")
 	flag.Parse()
 	if o.db != "sqlite" && o.db != "postgres" && o.db != "both" {
 		fmt.Fprintln(os.Stderr, "fleet: -db is sqlite, postgres or both")
@@ -62,6 +64,7 @@ type options struct {
 	wait      time.Duration
 	fetchRate int
 	out       string
+	profile   string
 }
 
 func run(ctx context.Context, o options) error {

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -92,7 +94,11 @@ func (r *Results) Markdown() string {
 	lat := func(l Lat) string {
 		s := fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms (n=%d)", l.P50, l.P99, l.Max, l.N)
 		if l.Errors > 0 {
-			s += fmt.Sprintf(", %d errors/retries", l.Errors)
+			var kinds []string
+			for _, k := range slices.Sorted(maps.Keys(l.Kinds)) {
+				kinds = append(kinds, fmt.Sprintf("%s: %d", k, l.Kinds[k]))
+			}
+			s += fmt.Sprintf(", %d errors/retries (%s)", l.Errors, strings.Join(kinds, ", "))
 		}
 		return s
 	}

@@ -68,11 +68,16 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 		dsn, dbPID = d, pg.PID()
 	}
 	logf("%s: starting berth server", db)
-	srv, err := startServer(ctx, bin, filepath.Join(tmp, "server-"+db), dsn)
+	srv, err := startServer(ctx, bin, filepath.Join(tmp, "server-"+db), dsn, o.profile != "")
 	if err != nil {
 		return r, err
 	}
 	defer srv.stop()
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w\nthe server's log ends:\n%s", err, srv.logTail(20))
+		}
+	}()
 	dbStat := func() ProcStat {
 		if dbPID == 0 {
 			return ProcStat{}
@@ -141,11 +146,13 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	s0, d0, c0 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	t0 := time.Now()
 	f.active.Store(true)
+	profiled := srv.cpuProfile(o.duration-time.Second, filepath.Join(o.profile, db+"-steady.pprof"))
 	sctx, cancel := context.WithTimeout(ctx, o.duration)
 	f.sampleFetches(sctx, o.fetchRate)
 	cancel()
 	f.active.Store(false)
 	r.SteadySecs = time.Since(t0).Seconds()
+	profiled()
 	s1, d1, c1 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	if err := ctx.Err(); err != nil {
 		return r, err
@@ -162,6 +169,8 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	f.applies.reset()
 	round := &wakeRound{release: rels[1].ID, done: make(chan struct{})}
 	round.left.Store(int64(o.devices))
+	profiled = srv.cpuProfile(10*time.Second, filepath.Join(o.profile, db+"-wake.pprof"))
+	defer profiled()
 	round.t0 = time.Now()
 	f.round.Store(round)
 	if err := f.assign(ctx, admin, rels[1].ID); err != nil {

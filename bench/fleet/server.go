@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,17 +38,16 @@ type serverProc struct {
 	URL   string
 	Token string // the bootstrap admin token
 	log   string
+	pprof string // the profiler's address, if asked for
 }
 
 // startServer runs `berth server` on a free loopback port with its data
 // in dataDir and, if dsn is set, its database in PostgreSQL.
-func startServer(ctx context.Context, bin, dataDir, dsn string) (*serverProc, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func startServer(ctx context.Context, bin, dataDir, dsn string, profile bool) (*serverProc, error) {
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := l.Addr().String()
-	l.Close()
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -60,6 +61,13 @@ func startServer(ctx context.Context, bin, dataDir, dsn string) (*serverProc, er
 	if dsn != "" {
 		args = append(args, "--db", dsn)
 	}
+	pprofAddr := ""
+	if profile {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		args = append(args, "--pprof", pprofAddr)
+	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logFile
 	out, err := cmd.StdoutPipe()
@@ -71,7 +79,7 @@ func startServer(ctx context.Context, bin, dataDir, dsn string) (*serverProc, er
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start berth server: %w", err)
 	}
-	s := &serverProc{cmd: cmd, exit: make(chan struct{}), log: logPath}
+	s := &serverProc{cmd: cmd, exit: make(chan struct{}), log: logPath, pprof: pprofAddr}
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -121,6 +129,58 @@ func (s *serverProc) stop() {
 }
 
 func (s *serverProc) pid() int { return s.cmd.Process.Pid }
+
+// logTail is the last n lines of the server's log.
+func (s *serverProc) logTail(n int) string {
+	b, err := os.ReadFile(s.log)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// cpuProfile saves the server's CPU profile over the next d into path, in
+// the background; wait returns once it is written (or failed, said on
+// stderr). Without a profiler it does nothing.
+func (s *serverProc) cpuProfile(d time.Duration, path string) (wait func()) {
+	if s.pprof == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", s.pprof, max(1, int(d.Seconds())))
+		resp, err := http.Get(url)
+		if err != nil {
+			logf("profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(path)
+		if err != nil {
+			logf("profile: %v", err)
+			return
+		}
+		defer f.Close()
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			logf("profile: %v", err)
+			return
+		}
+		logf("wrote %s", path)
+	}()
+	return func() { <-done }
+}
 
 // newPostgres starts a throwaway PostgreSQL cluster and makes a database.
 func newPostgres(ctx context.Context) (*pgtest.Cluster, string, error) {

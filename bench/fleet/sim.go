@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,9 +42,10 @@ func newTransport(devices int) *http.Transport {
 
 // recorder keeps durations of one kind of request.
 type recorder struct {
-	mu   sync.Mutex
-	d    []time.Duration
-	errs int
+	mu    sync.Mutex
+	d     []time.Duration
+	errs  int
+	kinds map[string]int // errors by HTTP status, or "network"
 }
 
 func (r *recorder) add(d time.Duration) {
@@ -51,33 +54,42 @@ func (r *recorder) add(d time.Duration) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) fail() {
+func (r *recorder) fail(err error) {
+	kind := "network"
+	var ae *serverapi.Error
+	if errors.As(err, &ae) {
+		kind = strconv.Itoa(ae.Status)
+	}
 	r.mu.Lock()
 	r.errs++
+	if r.kinds == nil {
+		r.kinds = map[string]int{}
+	}
+	r.kinds[kind]++
 	r.mu.Unlock()
 }
 
 func (r *recorder) reset() {
 	r.mu.Lock()
-	r.d, r.errs = nil, 0
+	r.d, r.errs, r.kinds = nil, 0, nil
 	r.mu.Unlock()
 }
 
 // Lat summarizes a recorder.
 type Lat struct {
-	N      int     `json:"n"`
-	Errors int     `json:"errors"`
-	P50    float64 `json:"p50_ms"`
-	P99    float64 `json:"p99_ms"`
-	Max    float64 `json:"max_ms"`
+	N      int            `json:"n"`
+	Errors int            `json:"errors"`
+	Kinds  map[string]int `json:"error_kinds,omitempty"` // by HTTP status, or "network"
+	P50    float64        `json:"p50_ms"`
+	P99    float64        `json:"p99_ms"`
+	Max    float64        `json:"max_ms"`
 }
 
 func (r *recorder) lat() Lat {
 	r.mu.Lock()
 	d := append([]time.Duration(nil), r.d...)
-	errs := r.errs
+	l := Lat{N: len(d), Errors: r.errs, Kinds: maps.Clone(r.kinds)}
 	r.mu.Unlock()
-	l := Lat{N: len(d), Errors: errs}
 	if len(d) == 0 {
 		return l
 	}
@@ -148,7 +160,7 @@ func (f *fleetSim) register(ctx context.Context, key string, n, conc int) (Lat, 
 				t := time.Now()
 				r, err := reg.Register(ctx, serverapi.RegisterRequest{ProvisioningKey: key, Name: name, Arch: "arm64", AgentVersion: "fleetbench"})
 				if err != nil {
-					rec.fail()
+					rec.fail(err)
 					err = fmt.Errorf("register %s: %w", name, err)
 					firstErr.CompareAndSwap(nil, &err)
 					return
@@ -280,7 +292,7 @@ func (d *device) send(ctx context.Context, rec *recorder, fn func(*release.Curre
 		if ctx.Err() != nil {
 			return
 		}
-		rec.fail()
+		rec.fail(err)
 		var ae *serverapi.Error
 		if errors.As(err, &ae) && ae.Status != http.StatusTooManyRequests && ae.Status < 500 {
 			return
@@ -307,7 +319,7 @@ func (f *fleetSim) sampleFetches(ctx context.Context, rate int) {
 			t := time.Now()
 			if _, _, err := d.cl.Target(ctx, 0, 0); err != nil {
 				if ctx.Err() == nil {
-					f.fetches.fail()
+					f.fetches.fail(err)
 				}
 				return
 			}

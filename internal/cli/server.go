@@ -60,5 +60,7 @@ proxy that terminates TLS). SIGINT or SIGTERM shut it down gracefully.`,
 	c.Flags().BoolVar(&cfg.InsecurePlainHTTP, "insecure-plain-http", false, "serve plain HTTP on an address that is not loopback (only behind a proxy that terminates TLS)")
 	c.Flags().DurationVar(&cfg.PollInterval, "poll-interval", 30*time.Second, "how often devices poll; a device not seen for three of these is offline")
 	c.Flags().BoolVar(&debug, "debug", false, "log every request, devices' polls included")
+	c.Flags().StringVar(&cfg.Pprof, "pprof", "", "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060, to measure the server")
+	c.Flags().MarkHidden("pprof")
 	return c
 }

@@ -80,7 +80,7 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 // (the file's < fleet < service < device < device-service).
 func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Target, error) {
 	t := serverapi.Target{TargetState: release.TargetState{Apps: map[string]*release.Release{}}}
-	as, err := s.st.DeviceApps(ctx, d.ID)
+	rels, err := s.st.DeviceReleases(ctx, d.ID)
 	if err != nil {
 		return t, err
 	}
@@ -88,30 +88,37 @@ func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Ta
 	if err != nil {
 		return t, err
 	}
-	f, err := s.st.Fleet(ctx, d.FleetID)
-	if err != nil {
+	if t.Fleet, err = s.fleetName(ctx, d.FleetID); err != nil {
 		return t, err
 	}
-	t.Fleet = f.Name
-	for _, a := range as {
-		rel, err := s.st.Release(ctx, d.FleetID, a.ReleaseID)
-		if err != nil {
-			return t, err
-		}
+	for _, rel := range rels {
 		out := &release.Release{ID: rel.ID, App: rel.App, Version: rel.Version, Created: rel.Created}
 		if err := json.Unmarshal(rel.Spec, &out.Spec); err != nil {
 			return t, fmt.Errorf("release %s: stored spec: %w", rel.ID, err)
 		}
 		mergeEnv(&out.Spec, layers)
-		t.Apps[a.App] = out
+		t.Apps[rel.App] = out
 		if rel.Signature != "" {
 			if t.Signatures == nil {
 				t.Signatures = map[string]serverapi.Signature{}
 			}
-			t.Signatures[a.App] = serverapi.Signature{KeyID: rel.KeyID, Signature: rel.Signature}
+			t.Signatures[rel.App] = serverapi.Signature{KeyID: rel.KeyID, Signature: rel.Signature}
 		}
 	}
 	return t, nil
+}
+
+// fleetName is a fleet's name; names never change, so each is read once.
+func (s *Server) fleetName(ctx context.Context, id string) (string, error) {
+	if n, ok := s.fleetNames.Load(id); ok {
+		return n.(string), nil
+	}
+	f, err := s.st.Fleet(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	s.fleetNames.Store(id, f.Name)
+	return f.Name, nil
 }
 
 // mergeEnv overlays each service's environment with the layers.
@@ -140,7 +147,7 @@ func (s *Server) touch(ctx context.Context, id string) {
 	if !s.seen.allow(id, s.now(), s.opts.PollInterval/3) {
 		return
 	}
-	if err := s.st.TouchDevice(context.WithoutCancel(ctx), id); err != nil {
+	if err := s.touches.do(ctx, id); err != nil {
 		s.log.Warn("record that a device was seen", "device", id, "error", err)
 	}
 }
@@ -189,10 +196,11 @@ func (s *Server) reportState(w http.ResponseWriter, r *http.Request, p principal
 		return fmt.Errorf("state reported less than %s ago; report at most once per %s (changes can wait and go together): %w",
 			s.opts.StateInterval, s.opts.StateInterval, errTooMany)
 	}
-	v, err := s.st.SetDeviceState(r.Context(), d.ID, state, store.AnyVersion)
-	if err != nil {
-		return err
+	res := s.stateWrites.do(r.Context(), store.StateReport{DeviceID: d.ID, State: state, IfVersion: store.AnyVersion})
+	if res.Err != nil {
+		return res.Err
 	}
+	v := res.Version
 	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: v})
 	return nil
 }

@@ -167,16 +167,19 @@ func (s *Server) assignRelease(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	var ids []string
+	var changed []string
+	devices := 0
 	if req.All {
-		// New devices start with it too.
-		if err := s.st.SetFleetRelease(ctx, f.ID, rel.ID); err != nil {
-			return err
+		// One transaction: every device, and new devices start with it too.
+		changed, devices, err = s.st.AssignFleet(ctx, f.ID, rel.ID)
+		if len(changed) > 0 {
+			s.hub.kick()
 		}
-		if ids, err = s.fleetDevices(ctx, f.ID); err != nil {
+		if err != nil {
 			return err
 		}
 	} else {
+		var ids []string
 		for _, ref := range req.Devices {
 			d, err := s.findDevice(ctx, f, ref)
 			if err != nil {
@@ -186,18 +189,18 @@ func (s *Server) assignRelease(w http.ResponseWriter, r *http.Request, p princip
 		}
 		slices.Sort(ids)
 		ids = slices.Compact(ids)
-	}
-	changed, err := s.assign(ctx, f.ID, rel.ID, ids)
-	if err != nil {
-		return err
+		devices = len(ids)
+		if changed, err = s.assign(ctx, f.ID, rel.ID, ids); err != nil {
+			return err
+		}
 	}
 	s.audit(r, p, "release.assign", "release/"+rel.ID, map[string]any{
-		"fleet": f.Name, "app": rel.App, "version": rel.Version, "all": req.All, "devices": len(ids), "changed": len(changed),
+		"fleet": f.Name, "app": rel.App, "version": rel.Version, "all": req.All, "devices": devices, "changed": len(changed),
 	})
 	if changed == nil {
 		changed = []string{}
 	}
-	reply(w, http.StatusOK, serverapi.Assignment{Release: rel.ID, App: rel.App, Changed: changed, Unchanged: len(ids) - len(changed)})
+	reply(w, http.StatusOK, serverapi.Assignment{Release: rel.ID, App: rel.App, Changed: changed, Unchanged: devices - len(changed)})
 	return nil
 }
 
@@ -218,25 +221,6 @@ func (s *Server) assign(ctx context.Context, fleetID, releaseID string, ids []st
 		changed = append(changed, c...)
 	}
 	return changed, nil
-}
-
-// fleetDevices returns the IDs of all of a fleet's devices.
-func (s *Server) fleetDevices(ctx context.Context, fleetID string) ([]string, error) {
-	var ids []string
-	f := store.DeviceFilter{FleetID: fleetID, Limit: 1000}
-	for {
-		ds, err := s.st.ListDevices(ctx, f)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range ds {
-			ids = append(ids, d.ID)
-		}
-		if len(ds) < f.Limit {
-			return ids, nil
-		}
-		f.After = ds[len(ds)-1].Name
-	}
 }
 
 // findDevice finds a device of a fleet by name, or else by ID.

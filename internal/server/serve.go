@@ -33,6 +33,9 @@ type Config struct {
 
 	PollInterval time.Duration // see Options
 	Logger       *slog.Logger
+	// Pprof, if set, is a loopback address on which Go's profiler
+	// (net/http/pprof) is served, for measuring the server under load.
+	Pprof string
 	// Ready, if set, is called once the server listens, with its base URL
 	// and, with TLS, its certificate's fingerprint.
 	Ready func(url, fingerprint string)
@@ -87,6 +90,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	addr := ln.Addr().(*net.TCPAddr)
 	if tlsCert == nil && !addr.IP.IsLoopback() && !cfg.InsecurePlainHTTP {
 		return fmt.Errorf("%s is not a loopback address, and plain HTTP would carry tokens in the clear: give --tls-cert and --tls-key, or --tls-self-signed (or --insecure-plain-http behind a proxy that terminates TLS): %w", addr, release.ErrInvalid)
+	}
+
+	if cfg.Pprof != "" {
+		stop, err := servePprof(cfg.Pprof, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	st, err := store.Open(ctx, cfg.DB, cfg.DataDir)

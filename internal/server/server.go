@@ -67,6 +67,12 @@ type Server struct {
 
 	content *contentState // uploaded images, and who may read them
 
+	fleetNames sync.Map // fleet ID → name (names never change)
+
+	// Devices' writes, grouped into one transaction when many come at once.
+	touches     *groupCommit[string, error]
+	stateWrites *groupCommit[store.StateReport, store.StateResult]
+
 	seen   throttle // devices' last_seen writes, at most one per PollInterval/3
 	used   throttle // tokens' last_used writes, at most one a minute
 	states throttle // state reports, at most one per StateInterval
@@ -110,6 +116,17 @@ func New(st store.Store, opts Options) *Server {
 
 		content: newContentState(opts.Content),
 	}
+	s.touches = newGroupCommit(1000, func(ctx context.Context, ids []string) []error {
+		err := st.TouchDevices(ctx, ids)
+		return slices.Repeat([]error{err}, len(ids))
+	})
+	s.stateWrites = newGroupCommit(500, func(ctx context.Context, reports []store.StateReport) []store.StateResult {
+		rs, err := st.SetDeviceStates(ctx, reports)
+		if err != nil {
+			return slices.Repeat([]store.StateResult{{Err: err}}, len(reports))
+		}
+		return rs
+	})
 	s.routes()
 	return s
 }

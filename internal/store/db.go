@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -23,13 +25,13 @@ type DB struct {
 	Now func() time.Time
 
 	dialect dialect
-	r       *sql.DB // reads outside transactions
-	w       *sql.DB // writes; on SQLite a single connection
+	r       *pool // reads outside transactions
+	w       *pool // writes; on SQLite a single connection
 }
 
 var _ Store = (*DB)(nil)
 
-func newDB(d dialect, r, w *sql.DB) *DB {
+func newDB(d dialect, r, w *pool) *DB {
 	return &DB{Now: time.Now, dialect: d, r: r, w: w}
 }
 
@@ -71,6 +73,29 @@ func (db *DB) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
+}
+
+var param = regexp.MustCompile(`\$[0-9]+`)
+
+// shiftParams renumbers a query's $N parameters by d: a condition written
+// for arguments from $2 on, shifted by -1, takes them from $1 on.
+func shiftParams(query string, d int) string {
+	return param.ReplaceAllStringFunc(query, func(p string) string {
+		n, _ := strconv.Atoi(p[1:])
+		return "$" + strconv.Itoa(n+d)
+	})
+}
+
+// inTxRetry is inTx for transactions that write many rows at once, and may
+// run fn again (up to three times) if PostgreSQL broke a deadlock by
+// aborting it: fn must start from nothing each time.
+func (db *DB) inTxRetry(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	for try := 1; ; try++ {
+		err := db.inTx(ctx, fn)
+		if err == nil || try == 3 || !isRetryable(err) || ctx.Err() != nil {
+			return err
+		}
+	}
 }
 
 // now is the store's clock, in UTC, to the microsecond.

@@ -122,9 +122,16 @@ func (db *DB) DeviceByName(ctx context.Context, fleetID, name string) (Device, e
 	return db.device(ctx, fmt.Sprintf("device %s in fleet %s", name, fleetID), "fleet_id = $1 AND name = $2", fleetID, name)
 }
 
-// DeviceByToken implements Store.
+// DeviceByToken implements Store. It runs on every request a device
+// makes, so it reads one row and leaves out the state, often the row's
+// biggest column.
 func (db *DB) DeviceByToken(ctx context.Context, secret string) (Device, error) {
-	return db.device(ctx, "device with token "+secretPrefix(secret)+"…", "token_hash = $1", hashSecret(secret))
+	const cols = "id, fleet_id, name, notes, created, last_seen, NULL, state_version, target_version"
+	d, err := scanDevice(db.r.QueryRowContext(ctx, "SELECT "+cols+" FROM devices WHERE token_hash = $1", hashSecret(secret)))
+	if err != nil {
+		return Device{}, notFound(err, "device with token %s…", secretPrefix(secret))
+	}
+	return d, nil
 }
 
 // ListDevices implements Store.
@@ -245,22 +252,78 @@ func (db *DB) TouchDevice(ctx context.Context, id string) error {
 	return mustAffect(res, err, "touch device %s", id)
 }
 
+// TouchDevices implements Store.
+func (db *DB) TouchDevices(ctx context.Context, ids []string) error {
+	ids = slices.Sorted(slices.Values(ids))
+	now := micros(db.now())
+	return db.inTxRetry(ctx, func(tx *sql.Tx) error {
+		for chunk := range slices.Chunk(ids, 500) {
+			args := []any{now}
+			for _, id := range chunk {
+				args = append(args, id)
+			}
+			in := "id IN (" + placeholders(2, len(chunk)) + ")"
+			if err := db.lockDevices(ctx, tx, shiftParams(in, -1), args[1:]...); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "UPDATE devices SET last_seen = $1 WHERE "+in, args...); err != nil {
+				return fmt.Errorf("record that %d devices were seen: %w", len(ids), err)
+			}
+		}
+		return nil
+	})
+}
+
 // SetDeviceState implements Store.
 func (db *DB) SetDeviceState(ctx context.Context, id string, state json.RawMessage, ifVersion int64) (int64, error) {
+	return setState(ctx, db.w, id, state, ifVersion, micros(db.now()))
+}
+
+// SetDeviceStates implements Store.
+func (db *DB) SetDeviceStates(ctx context.Context, reports []StateReport) ([]StateResult, error) {
+	// Each row in ID order: see lockDevices.
+	order := make([]int, len(reports))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(reports[a].DeviceID, reports[b].DeviceID) })
+	var rs []StateResult
+	err := db.inTxRetry(ctx, func(tx *sql.Tx) error {
+		rs = make([]StateResult, len(reports))
+		now := micros(db.now())
+		for _, i := range order {
+			r := reports[i]
+			v, err := setState(ctx, tx, r.DeviceID, r.State, r.IfVersion, now)
+			if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrInvalid) {
+				return err // the database's: nothing of the batch is kept
+			}
+			rs[i] = StateResult{Version: v, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store %d state reports: %w", len(reports), err)
+	}
+	return rs, nil
+}
+
+// setState stores one device's state and marks it seen.
+func setState(ctx context.Context, q querier, id string, state json.RawMessage, ifVersion, now int64) (int64, error) {
 	if len(state) > 0 && !validJSON(state) {
 		return 0, fmt.Errorf("set state of device %s: not JSON: %w", id, ErrInvalid)
 	}
-	q := "UPDATE devices SET state = $2, state_version = state_version + 1, last_seen = $3 WHERE id = $1"
-	args := []any{id, nullText(state), micros(db.now())}
+	query := "UPDATE devices SET state = $2, state_version = state_version + 1, last_seen = $3 WHERE id = $1"
+	args := []any{id, nullText(state), now}
 	if ifVersion != AnyVersion {
-		q += " AND state_version = $4"
+		query += " AND state_version = $4"
 		args = append(args, ifVersion)
 	}
 	var v int64
-	err := db.w.QueryRowContext(ctx, q+" RETURNING state_version", args...).Scan(&v)
+	err := q.QueryRowContext(ctx, query+" RETURNING state_version", args...).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) && ifVersion != AnyVersion {
-		if _, err := db.Device(ctx, id); err != nil {
-			return 0, fmt.Errorf("set state: %w", err)
+		var one int
+		if err := q.QueryRowContext(ctx, "SELECT 1 FROM devices WHERE id = $1", id).Scan(&one); err != nil {
+			return 0, notFound(err, "set state: device %s", id)
 		}
 		return 0, fmt.Errorf("set state of device %s: the state is no longer at version %d: %w", id, ifVersion, ErrConflict)
 	}

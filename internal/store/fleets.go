@@ -111,19 +111,24 @@ func (db *DB) SetProvisioningKey(ctx context.Context, fleetID, key string) (Flee
 // SetFleetRelease implements Store.
 func (db *DB) SetFleetRelease(ctx context.Context, fleetID, releaseID string) error {
 	return db.inTx(ctx, func(tx *sql.Tx) error {
-		var app string
-		err := tx.QueryRowContext(ctx, "SELECT app FROM releases WHERE fleet_id = $1 AND id = $2", fleetID, releaseID).Scan(&app)
-		if err != nil {
-			return notFound(err, "set fleet %s to release %s", fleetID, releaseID)
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO fleet_apps (fleet_id, app, release_id, updated) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (fleet_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated`,
-			fleetID, app, releaseID, micros(db.now()))
+		app, err := releaseApp(ctx, tx, fleetID, releaseID)
 		if err != nil {
 			return fmt.Errorf("set fleet %s to release %s: %w", fleetID, releaseID, err)
 		}
-		return nil
+		return setFleetRelease(ctx, tx, fleetID, app, releaseID, micros(db.now()))
 	})
+}
+
+// setFleetRelease makes a release the one the fleet's new devices start
+// with, for its app.
+func setFleetRelease(ctx context.Context, tx *sql.Tx, fleetID, app, releaseID string, now int64) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO fleet_apps (fleet_id, app, release_id, updated) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (fleet_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated`,
+		fleetID, app, releaseID, now)
+	if err != nil {
+		return fmt.Errorf("set fleet %s to release %s: %w", fleetID, releaseID, err)
+	}
+	return nil
 }
 
 // FleetReleases implements Store.

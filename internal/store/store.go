@@ -59,6 +59,20 @@ const TargetsChannel = "berth_targets"
 // AnyVersion, given to SetDeviceState, replaces the state whatever its version.
 const AnyVersion int64 = -1
 
+// StateReport is one device's state for SetDeviceStates; IfVersion is as
+// SetDeviceState's ifVersion.
+type StateReport struct {
+	DeviceID  string
+	State     json.RawMessage
+	IfVersion int64
+}
+
+// StateResult is what became of one StateReport.
+type StateResult struct {
+	Version int64 // the device's new state version
+	Err     error
+}
+
 // Store is what the fleet server keeps. Every method takes a context first
 // and returns errors wrapping ErrNotFound, ErrConflict or ErrInvalid where
 // those apply. *DB implements it on SQLite and PostgreSQL; storetest.Run is
@@ -122,7 +136,9 @@ type Store interface {
 	CreateDevice(ctx context.Context, fleetID, name, tokenSecret string) (Device, error)
 	Device(ctx context.Context, id string) (Device, error)
 	DeviceByName(ctx context.Context, fleetID, name string) (Device, error)
-	// DeviceByToken finds a device by the hash of its token.
+	// DeviceByToken finds a device by the hash of its token: all of it but
+	// its state and tags (State nil, Tags empty), for authenticating its
+	// requests.
 	DeviceByToken(ctx context.Context, secret string) (Device, error)
 	// ListDevices returns a fleet's devices by name, a page at a time.
 	ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error)
@@ -142,15 +158,33 @@ type Store interface {
 	// (else ErrConflict), so that replicas applying diffs lose none. It
 	// returns the new state version.
 	SetDeviceState(ctx context.Context, id string, state json.RawMessage, ifVersion int64) (int64, error)
+	// SetDeviceStates stores several devices' reports in one transaction
+	// (one commit for many reports when many devices report at once). Each
+	// report gets its own result: its new state version, or ErrNotFound,
+	// ErrConflict or ErrInvalid as SetDeviceState would say; an error of
+	// the database's own keeps none of them and is returned.
+	SetDeviceStates(ctx context.Context, reports []StateReport) ([]StateResult, error)
+	// TouchDevices marks devices seen now, in one transaction; IDs of
+	// devices that no longer exist are passed by.
+	TouchDevices(ctx context.Context, ids []string) error
 
 	// DeviceApps returns what a device should run: a release per app, by app.
 	DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, error)
+	// DeviceReleases is the release of each of DeviceApps, by app, in one
+	// read.
+	DeviceReleases(ctx context.Context, deviceID string) ([]Release, error)
 	// AssignRelease points the given devices of a fleet at one of the
 	// fleet's releases, for the release's app, skipping devices pinned to
 	// another release of that app. It returns the IDs of the devices whose
 	// target changed. A device not in the fleet is ErrNotFound, and then
 	// nothing changes.
 	AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error)
+	// AssignFleet points every device of a fleet at one of the fleet's
+	// releases, as AssignRelease does, and makes it the release the
+	// fleet's new devices start with (SetFleetRelease), in one
+	// transaction. It returns the devices whose target changed and how
+	// many devices the fleet has.
+	AssignFleet(ctx context.Context, fleetID, releaseID string) (changed []string, devices int, err error)
 	// PinRelease sets a device's release for the release's app and keeps it
 	// there: AssignRelease passes the device by until UnpinApp.
 	PinRelease(ctx context.Context, deviceID, releaseID string) error

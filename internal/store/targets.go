@@ -25,6 +25,9 @@ func (db *DB) nextTarget(ctx context.Context, tx *sql.Tx) (int64, error) {
 // setTarget gives the devices matched by where (a condition on devices
 // whose arguments start at $2) target version v and announces it.
 func (db *DB) setTarget(ctx context.Context, tx *sql.Tx, v int64, where string, args ...any) error {
+	if err := db.lockDevices(ctx, tx, shiftParams(where, -1), args...); err != nil {
+		return err
+	}
 	if _, err := tx.ExecContext(ctx, "UPDATE devices SET target_version = $1 WHERE "+where, append([]any{v}, args...)...); err != nil {
 		return fmt.Errorf("set target version: %w", err)
 	}
@@ -56,14 +59,24 @@ func (db *DB) DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, err
 	return as, nil
 }
 
+// DeviceReleases implements Store.
+func (db *DB) DeviceReleases(ctx context.Context, deviceID string) ([]Release, error) {
+	rs, err := queryAll(ctx, db.r, scanRelease, "SELECT "+releaseColsOf("r")+` FROM device_apps a
+		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
+		WHERE a.device_id = $1 ORDER BY a.app`, deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("releases of device %s: %w", deviceID, err)
+	}
+	return rs, nil
+}
+
 // AssignRelease implements Store.
 func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error) {
 	ids := slices.Clone(deviceIDs)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	var changed []string
-	err := db.inTx(ctx, func(tx *sql.Tx) error {
-		changed = nil
+	err := db.inTxRetry(ctx, func(tx *sql.Tx) error {
 		v, err := db.nextTarget(ctx, tx)
 		if err != nil {
 			return err
@@ -73,6 +86,7 @@ func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, devi
 			return err
 		}
 		if len(ids) == 0 {
+			changed = nil
 			return nil
 		}
 		args := []any{fleetID}
@@ -80,42 +94,77 @@ func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, devi
 			args = append(args, id)
 		}
 		var n int
-		err = tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM devices WHERE fleet_id = $1 AND id IN ("+placeholders(2, len(ids))+")", args...).Scan(&n)
-		if err != nil {
+		if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM devices WHERE fleet_id = $1 AND id IN ("+placeholders(2, len(ids))+")", args...).Scan(&n); err != nil {
 			return err
 		}
 		if n != len(ids) {
 			return fmt.Errorf("%d of the %d devices are not in the fleet: %w", len(ids)-n, len(ids), ErrNotFound)
 		}
-		now := micros(db.now())
-		for _, id := range ids {
-			// An insert, or an update unless pinned or already there: a
-			// row is affected only if the target changes.
-			res, err := tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
-				VALUES ($1, $2, $3, $4, FALSE, $5)
-				ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated
-				WHERE device_apps.pinned = FALSE AND device_apps.release_id <> excluded.release_id`,
-				id, app, fleetID, releaseID, now)
-			if err != nil {
-				return fmt.Errorf("device %s: %w", id, err)
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return err
-			} else if n > 0 {
-				changed = append(changed, id)
-			}
-		}
-		if len(changed) == 0 {
-			return nil
-		}
-		args = []any{}
-		for _, id := range changed {
-			args = append(args, id)
-		}
-		return db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(changed))+")", args...)
+		changed, err = db.assign(ctx, tx, v, fleetID, releaseID, app, "id IN ("+placeholders(5, len(ids))+")", args[1:]...)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("assign release %s of fleet %s: %w", releaseID, fleetID, err)
+	}
+	return changed, nil
+}
+
+// AssignFleet implements Store.
+func (db *DB) AssignFleet(ctx context.Context, fleetID, releaseID string) (changed []string, devices int, err error) {
+	err = db.inTxRetry(ctx, func(tx *sql.Tx) error {
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		app, err := releaseApp(ctx, tx, fleetID, releaseID)
+		if err != nil {
+			return err
+		}
+		if err := setFleetRelease(ctx, tx, fleetID, app, releaseID, micros(db.now())); err != nil {
+			return err
+		}
+		if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM devices WHERE fleet_id = $1", fleetID).Scan(&devices); err != nil {
+			return err
+		}
+		changed, err = db.assign(ctx, tx, v, fleetID, releaseID, app, "TRUE")
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("assign release %s to fleet %s: %w", releaseID, fleetID, err)
+	}
+	return changed, devices, nil
+}
+
+// assign points the fleet's devices matched by where (a condition on
+// devices' columns, its arguments from $5 on) at a release of app, in one
+// statement: a device's row for the app is inserted, or updated unless it
+// is pinned or already there, and RETURNING names exactly the devices whose
+// target changed; those get target version v.
+func (db *DB) assign(ctx context.Context, tx *sql.Tx, v int64, fleetID, releaseID, app, where string, args ...any) ([]string, error) {
+	// The WHERE in the SELECT also keeps SQLite from reading ON CONFLICT
+	// as a join's ON.
+	q := `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
+		SELECT id, $2, $1, $3, FALSE, $4 FROM devices WHERE fleet_id = $1 AND ` + where + `
+		ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated
+		WHERE device_apps.pinned = FALSE AND device_apps.release_id <> excluded.release_id
+		RETURNING device_id`
+	changed, err := queryAll(ctx, tx, func(s scanner) (string, error) {
+		var id string
+		return id, s.Scan(&id)
+	}, q, append([]any{fleetID, app, releaseID, micros(db.now())}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("point devices at the release: %w", err)
+	}
+	slices.Sort(changed)
+	// In chunks, well below either database's limit on query parameters.
+	for chunk := range slices.Chunk(changed, 1000) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		if err := db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(chunk))+")", args...); err != nil {
+			return nil, err
+		}
 	}
 	return changed, nil
 }

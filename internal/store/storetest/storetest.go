@@ -256,7 +256,8 @@ func testDevices(t *testing.T, s store.Store, _ *Clock) {
 	}
 	_, err := s.CreateDevice(ctx, lab.ID, "r1", store.NewSecret("bd"))
 	is(t, err, store.ErrConflict, "a second r1 in the fleet")
-	other := try(s.CreateDevice(ctx, field.ID, "r1", store.NewSecret("bd"))).must(t)
+	otherTok := store.NewSecret("bd")
+	other := try(s.CreateDevice(ctx, field.ID, "r1", otherTok)).must(t)
 	_, err = s.CreateDevice(ctx, lab.ID, "r2", tok)
 	is(t, err, store.ErrConflict, "r1's token for r2")
 	_, err = s.CreateDevice(ctx, "nowhere", "r9", store.NewSecret("bd"))
@@ -266,6 +267,12 @@ func testDevices(t *testing.T, s store.Store, _ *Clock) {
 	diff(t, "DeviceByName", r1, try(s.DeviceByName(ctx, lab.ID, "r1")).must(t))
 	diff(t, "DeviceByName in the other fleet", other, try(s.DeviceByName(ctx, field.ID, "r1")).must(t))
 	diff(t, "DeviceByToken", r1, try(s.DeviceByToken(ctx, tok)).must(t))
+	// It leaves out the state and the tags.
+	try(s.SetDeviceState(ctx, other.ID, json.RawMessage(`{"apps":{}}`), store.AnyVersion)).must(t)
+	is(t, s.SetDeviceTags(ctx, other.ID, []string{"x"}), nil, "tag")
+	if got := try(s.DeviceByToken(ctx, otherTok)).must(t); got.ID != other.ID || got.FleetID != field.ID || got.State != nil || len(got.Tags) != 0 || got.StateVersion != 1 {
+		t.Errorf("DeviceByToken after a report and a tag: %+v", got)
+	}
 	_, err = s.DeviceByToken(ctx, store.NewSecret("bd"))
 	is(t, err, store.ErrNotFound, "unknown token")
 
@@ -304,6 +311,12 @@ func testDevices(t *testing.T, s store.Store, _ *Clock) {
 	is(t, s.TouchDevice(ctx, r1.ID), nil, "touch")
 	if got := try(s.Device(ctx, r1.ID)).must(t); got.LastSeen.IsZero() {
 		t.Error("last seen not set by TouchDevice")
+	}
+
+	rb := try(s.CreateDevice(ctx, lab.ID, "r2", store.NewSecret("bd"))).must(t)
+	is(t, s.TouchDevices(ctx, []string{rb.ID, "gone"}), nil, "touch several, one gone")
+	if got := try(s.Device(ctx, rb.ID)).must(t); got.LastSeen.IsZero() {
+		t.Error("last seen not set by TouchDevices")
 	}
 
 	is(t, s.DeleteDevice(ctx, r1.ID), nil, "delete")
@@ -385,6 +398,32 @@ func testDeviceState(t *testing.T, s store.Store, _ *Clock) {
 	is(t, err, store.ErrNotFound, "versioned state of nobody")
 	if tv := try(s.TargetVersion(ctx, d.ID)).must(t); tv != d.TargetVersion {
 		t.Errorf("reporting state moved the target version: %d -> %d", d.TargetVersion, tv)
+	}
+
+	// Several reports in one transaction: each gets its own answer, and a
+	// bad one keeps none of the others from being stored.
+	d2 := try(s.CreateDevice(ctx, lab.ID, "r2", store.NewSecret("bd"))).must(t)
+	rs := try(s.SetDeviceStates(ctx, []store.StateReport{
+		{DeviceID: d.ID, State: json.RawMessage(`{"apps":{"a":{}}}`), IfVersion: v2},
+		{DeviceID: d2.ID, State: json.RawMessage(`{"x":1}`), IfVersion: 7},
+		{DeviceID: "nobody", State: json.RawMessage(`{}`), IfVersion: store.AnyVersion},
+		{DeviceID: d2.ID, State: json.RawMessage(`{`), IfVersion: store.AnyVersion},
+		{DeviceID: d2.ID, State: json.RawMessage(`{"apps":{"b":{}}}`), IfVersion: store.AnyVersion},
+	})).must(t)
+	if len(rs) != 5 {
+		t.Fatalf("SetDeviceStates: %d results for 5 reports", len(rs))
+	}
+	if rs[0].Err != nil || rs[0].Version <= v2 || rs[4].Err != nil || rs[4].Version <= 0 {
+		t.Errorf("SetDeviceStates, the good reports: %+v, %+v", rs[0], rs[4])
+	}
+	is(t, rs[1].Err, store.ErrConflict, "a batched report against a stale version")
+	is(t, rs[2].Err, store.ErrNotFound, "a batched report of nobody")
+	is(t, rs[3].Err, store.ErrInvalid, "a batched report not JSON")
+	if got := try(s.Device(ctx, d.ID)).must(t); string(got.State) != `{"apps":{"a":{}}}` || got.StateVersion != rs[0].Version {
+		t.Errorf("after the batch, r1: version %d, state %s", got.StateVersion, got.State)
+	}
+	if got := try(s.Device(ctx, d2.ID)).must(t); string(got.State) != `{"apps":{"b":{}}}` || got.LastSeen.IsZero() {
+		t.Errorf("after the batch, r2: state %s, seen %v", got.State, got.LastSeen)
 	}
 }
 
@@ -589,6 +628,10 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	_, err = s.AssignRelease(ctx, field.ID, nav1.ID, []string{other.ID})
 	is(t, err, store.ErrNotFound, "assign another fleet's release")
 
+	diff(t, "DeviceReleases of r2", []store.Release{arm1, nav2}, try(s.DeviceReleases(ctx, r2.ID)).must(t))
+	if rs := try(s.DeviceReleases(ctx, other.ID)).must(t); len(rs) != 0 {
+		t.Errorf("DeviceReleases of a device with no apps: %+v", rs)
+	}
 	if got := try(s.DeviceRelease(ctx, r1.ID, nav2.ID)).must(t); got.ID != nav2.ID || string(got.Spec) != string(nav2.Spec) {
 		t.Errorf("DeviceRelease: %+v", got)
 	}
@@ -604,6 +647,33 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	is(t, s.UnpinApp(ctx, r3.ID, "sonar"), store.ErrNotFound, "unpin an app the device lacks")
 	changed = try(s.AssignRelease(ctx, lab.ID, nav2.ID, []string{r3.ID})).must(t)
 	diff(t, "changed after unpinning", []string{r3.ID}, changed)
+
+	// The whole fleet at once, in one transaction: a pinned device stays,
+	// the others move, new devices start with it, other fleets are left.
+	is(t, s.PinRelease(ctx, r2.ID, nav2.ID), nil, "pin r2")
+	before = try(s.LatestTargetVersion(ctx)).must(t)
+	changed, devices, err := s.AssignFleet(ctx, lab.ID, nav1.ID)
+	is(t, err, nil, "assign to the whole fleet")
+	diff(t, "changed by AssignFleet", sorted(r1.ID, r3.ID), changed)
+	if devices != 3 {
+		t.Errorf("AssignFleet counted %d devices in the fleet, want 3", devices)
+	}
+	diff(t, "pinned r2 after AssignFleet", map[string]string{"nav": nav2.ID, "arm": arm1.ID}, apps(r2.ID))
+	diff(t, "r1 after AssignFleet", map[string]string{"nav": nav1.ID}, apps(r1.ID))
+	diff(t, "TargetChanges after AssignFleet", sorted(r1.ID, r3.ID), deviceIDs(try(s.TargetChanges(ctx, before, 0)).must(t)))
+	diff(t, "FleetReleases after AssignFleet", []store.AppRelease{{App: "arm", ReleaseID: arm1.ID}, {App: "nav", ReleaseID: nav1.ID}}, try(s.FleetReleases(ctx, lab.ID)).must(t))
+	if apps := apps(other.ID); len(apps) != 0 {
+		t.Errorf("AssignFleet reached another fleet's device: %v", apps)
+	}
+	changed, _, err = s.AssignFleet(ctx, lab.ID, nav1.ID)
+	is(t, err, nil, "assign to the whole fleet again")
+	if len(changed) != 0 {
+		t.Errorf("assigning the fleet its release again changed %v", changed)
+	}
+	_, _, err = s.AssignFleet(ctx, lab.ID, fieldNav.ID)
+	is(t, err, store.ErrNotFound, "assign another fleet's release to the fleet")
+	_, _, err = s.AssignFleet(ctx, "nofleet", nav1.ID)
+	is(t, err, store.ErrNotFound, "assign to no fleet")
 
 	v := try(s.TargetVersion(ctx, r2.ID)).must(t)
 	is(t, s.RemoveApp(ctx, r2.ID, "arm"), nil, "remove app")
