@@ -38,6 +38,8 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzDeviceState$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzImageRegistration$$' -fuzztime 60s
+	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzStatePatch$$' -fuzztime 60s
+	$(GO) test ./internal/mergepatch -run '^$$' -fuzz '^FuzzDiffApply$$' -fuzztime 60s
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1

@@ -110,6 +110,9 @@ func (r *Results) Markdown() string {
 	row("Steady state measured", func(x Run) string { return fmt.Sprintf("%.0f s", x.SteadySecs) })
 	row("Target fetch (full GET, no ETag)", func(x Run) string { return lat(x.Fetch) })
 	row("State reports (periodic)", func(x Run) string { return fmt.Sprintf("%.1f/s; %s", x.ReportRate, lat(x.Report)) })
+	row("State reports: sent whole / as a merge patch; mean body", func(x Run) string {
+		return fmt.Sprintf("%d / %d; %.0f bytes", x.ReportsWhole, x.ReportsPatched, x.ReportBytes)
+	})
 	row("Long polls answered (304 at the end of the wait)", func(x Run) string {
 		return fmt.Sprintf("%.1f/s (%d errors)", x.PollRate, x.PollErrors)
 	})

@@ -20,16 +20,21 @@ type Run struct {
 	// every one reported it running.
 	ConvergeSecs float64 `json:"converge_seconds"`
 
-	SteadySecs   float64   `json:"steady_seconds"`
-	Fetch        Lat       `json:"target_fetch"`  // full GET, no If-None-Match
-	Report       Lat       `json:"state_report"`  // periodic reports
-	ReportRate   float64   `json:"reports_per_s"` // periodic reports per second
-	Polls        int64     `json:"long_polls"`    // long polls answered (304 at the end of the wait)
-	PollRate     float64   `json:"long_polls_per_s"`
-	PollErrors   int64     `json:"poll_errors"`
-	SteadyServer ProcDelta `json:"steady_server"`
-	SteadyDB     ProcDelta `json:"steady_db,omitempty"`
-	SteadyClient float64   `json:"steady_client_cpu_seconds"`
+	SteadySecs float64 `json:"steady_seconds"`
+	Fetch      Lat     `json:"target_fetch"`  // full GET, no If-None-Match
+	Report     Lat     `json:"state_report"`  // periodic reports
+	ReportRate float64 `json:"reports_per_s"` // periodic reports per second
+	// Periodic reports sent whole and as merge patches, and their mean
+	// body size.
+	ReportsWhole   int64     `json:"reports_whole"`
+	ReportsPatched int64     `json:"reports_patched"`
+	ReportBytes    float64   `json:"report_mean_bytes"`
+	Polls          int64     `json:"long_polls"` // long polls answered (304 at the end of the wait)
+	PollRate       float64   `json:"long_polls_per_s"`
+	PollErrors     int64     `json:"poll_errors"`
+	SteadyServer   ProcDelta `json:"steady_server"`
+	SteadyDB       ProcDelta `json:"steady_db,omitempty"`
+	SteadyClient   float64   `json:"steady_client_cpu_seconds"`
 
 	// Wake: assigning the second release to all devices (one request) and
 	// every long poll answering with it.
@@ -143,6 +148,9 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	// Steady state.
 	f.reports.reset()
 	f.fetches.reset()
+	f.sentWhole.Store(0)
+	f.sentPatched.Store(0)
+	f.sentBytes.Store(0)
 	s0, d0, c0 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	t0 := time.Now()
 	f.active.Store(true)
@@ -160,6 +168,10 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	r.SteadyServer, r.SteadyDB, r.SteadyClient = delta(s0, s1), delta(d0, d1), c1-c0
 	r.Fetch, r.Report = f.fetches.lat(), f.reports.lat()
 	r.ReportRate = float64(r.Report.N) / r.SteadySecs
+	r.ReportsWhole, r.ReportsPatched = f.sentWhole.Load(), f.sentPatched.Load()
+	if n := r.ReportsWhole + r.ReportsPatched; n > 0 {
+		r.ReportBytes = float64(f.sentBytes.Load()) / float64(n)
+	}
 	r.Polls, r.PollErrors = f.polls.Load(), f.pollErr.Load()
 	r.PollRate = float64(r.Polls) / r.SteadySecs
 

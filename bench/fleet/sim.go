@@ -126,13 +126,18 @@ type fleetSim struct {
 	pollErr atomic.Int64
 	applied atomic.Int64 // devices that reported the wanted release
 	want    atomic.Pointer[string]
+
+	// Periodic reports in steady state, by how they went: whole or as a
+	// merge patch, and the bytes of their bodies.
+	sentWhole, sentPatched, sentBytes atomic.Int64
 }
 
 type device struct {
 	f     *fleetSim
 	name  string
 	cl    *serverapi.Client
-	apply chan string // release IDs to take
+	rep   *serverapi.StateReporter // whole, then merge patches, as berthd
+	apply chan string              // release IDs to take
 	mu    sync.Mutex
 	state release.CurrentState
 }
@@ -171,7 +176,7 @@ func (f *fleetSim) register(ctx context.Context, key string, n, conc int) (Lat, 
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
-				f.devs[i] = &device{f: f, name: name, cl: cl, apply: make(chan string, 1),
+				f.devs[i] = &device{f: f, name: name, cl: cl, rep: &serverapi.StateReporter{Client: cl}, apply: make(chan string, 1),
 					state: release.CurrentState{
 						Agent: release.AgentInfo{Name: name, Version: "fleetbench", EngineVersion: "24.0.7", EngineAPI: "1.43"},
 						Apps:  map[string]release.AppState{},
@@ -259,8 +264,13 @@ func (d *device) report(ctx context.Context) {
 			// Pulling and switching, in no time at all but a little.
 			sleep(ctx, 100*time.Millisecond+rand.N(400*time.Millisecond))
 			d.send(ctx, &f.applies, func(cs *release.CurrentState) {
+				services := map[string]release.ServiceState{}
+				for _, svc := range []string{"planner", "lidar"} {
+					services[svc] = release.ServiceState{Container: fmt.Sprintf("%x", rand.Uint64()), State: "running",
+						Health: "healthy", Release: id, Image: "registry.example/nav/" + svc + "@sha256:" + id[7:]}
+				}
 				cs.Apps[app] = release.AppState{Release: id, Version: id, Phase: release.PhaseIdle, FleetRelease: id,
-					Services: map[string]release.ServiceState{}, Updated: time.Now().UTC()}
+					Services: services, Updated: time.Now().UTC()}
 			})
 			if w := f.want.Load(); w != nil && *w == id {
 				f.applied.Add(1)
@@ -282,10 +292,16 @@ func (d *device) send(ctx context.Context, rec *recorder, fn func(*release.Curre
 	d.mu.Unlock()
 	for ctx.Err() == nil {
 		t := time.Now()
-		_, err := d.cl.ReportState(ctx, cs)
+		whole, patched, bytes := d.rep.Whole, d.rep.Patched, d.rep.Bytes
+		_, err := d.rep.Report(ctx, cs)
 		if err == nil {
 			if fn != nil || d.f.active.Load() {
 				rec.add(time.Since(t))
+			}
+			if fn == nil && d.f.active.Load() {
+				d.f.sentWhole.Add(int64(d.rep.Whole - whole))
+				d.f.sentPatched.Add(int64(d.rep.Patched - patched))
+				d.f.sentBytes.Add(d.rep.Bytes - bytes)
 			}
 			return
 		}

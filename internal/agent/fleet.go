@@ -467,7 +467,8 @@ func (a *Agent) overrideExpired() bool {
 }
 
 // reportLoop sends the device's state to the server after every change
-// (coalesced to one report a second at most) and once a minute anyway.
+// (coalesced to one report a second at most) and once a minute anyway,
+// as a diff against the last report the server took when it can.
 func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 	changed := make(chan struct{}, 1)
 	go a.events.follow(ctx, a.events.last(), "", true, func(e localapi.Event) bool {
@@ -482,13 +483,15 @@ func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 	})
 	heartbeat := time.NewTicker(time.Minute)
 	defer heartbeat.Stop()
+	// Whole the first time, then only what changed (a merge patch).
+	rep := &serverapi.StateReporter{Client: cl}
 	report := func() {
 		st, err := a.State(ctx)
 		if err != nil {
 			a.log.Warn("fleet: state not reported", "error", err)
 			return
 		}
-		if _, err := cl.ReportState(ctx, *st); err != nil && ctx.Err() == nil {
+		if _, err := rep.Report(ctx, *st); err != nil && ctx.Err() == nil {
 			a.log.Warn("fleet: state not reported", "error", err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/mergepatch"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
 	"github.com/berth-robotics/berth/internal/store"
@@ -186,22 +187,69 @@ func parseWait(v string) (time.Duration, error) {
 // reportState answers PUT /v1/device/state: the device's whole current
 // state, at most one report per StateInterval.
 func (s *Server) reportState(w http.ResponseWriter, r *http.Request, p principal) error {
-	d := *p.device
 	state, err := decodeState(w, r)
 	if err != nil {
 		return err
 	}
+	return s.storeState(w, r, *p.device, state, store.AnyVersion)
+}
+
+// patchState answers PATCH /v1/device/state: what changed in the device's
+// state since the version If-Match names, as a JSON merge patch (RFC
+// 7386). If the stored state is no longer at that version (another
+// replica took a later report, or the device's last report was lost) it
+// answers 409 and the device sends its whole state again.
+func (s *Server) patchState(w http.ResponseWriter, r *http.Request, p principal) error {
+	d := *p.device
+	base, ok := parseETag(r.Header.Get("If-Match"))
+	if !ok {
+		return fmt.Errorf(`a state patch needs the header If-Match: "<state version it was made against>": %w`, release.ErrInvalid)
+	}
+	var patch json.RawMessage
+	if err := decode(w, r, &patch, false); err != nil {
+		return err
+	}
+	stored, err := s.st.Device(r.Context(), d.ID)
+	if err != nil {
+		return err
+	}
+	if stored.StateVersion != base || len(stored.State) == 0 {
+		return fmt.Errorf("the stored state is at version %d, not %d: send the whole state (PUT /v1/device/state); nothing was changed: %w",
+			stored.StateVersion, base, release.ErrConflict)
+	}
+	state, err := applyStatePatch(stored.State, patch)
+	if err != nil {
+		return err
+	}
+	return s.storeState(w, r, d, state, base)
+}
+
+// applyStatePatch applies a device's merge patch to its stored state and
+// checks the result as a whole report is checked.
+func applyStatePatch(stored, patch json.RawMessage) (json.RawMessage, error) {
+	merged, err := mergepatch.Apply(stored, patch)
+	if err != nil {
+		return nil, fmt.Errorf("state patch: %v; nothing was changed: %w", err, release.ErrInvalid)
+	}
+	var cs release.CurrentState
+	if err := json.Unmarshal(merged, &cs); err != nil {
+		return nil, fmt.Errorf("state patch: the patched state is not a state: %v; nothing was changed: %w", err, release.ErrInvalid)
+	}
+	return encodeState(cs)
+}
+
+// storeState stores a report, at most one per device per StateInterval.
+func (s *Server) storeState(w http.ResponseWriter, r *http.Request, d store.Device, state json.RawMessage, ifVersion int64) error {
 	// Counted once the report is good: a refused one costs no write.
 	if !s.states.allow(d.ID, s.now(), s.opts.StateInterval) {
 		return fmt.Errorf("state reported less than %s ago; report at most once per %s (changes can wait and go together): %w",
 			s.opts.StateInterval, s.opts.StateInterval, errTooMany)
 	}
-	res := s.stateWrites.do(r.Context(), store.StateReport{DeviceID: d.ID, State: state, IfVersion: store.AnyVersion})
+	res := s.stateWrites.do(r.Context(), store.StateReport{DeviceID: d.ID, State: state, IfVersion: ifVersion})
 	if res.Err != nil {
 		return res.Err
 	}
-	v := res.Version
-	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: v})
+	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: res.Version})
 	return nil
 }
 

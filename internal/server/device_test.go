@@ -356,3 +356,117 @@ func TestReplicas(t *testing.T) {
 }
 
 func asError(err error, target **serverapi.Error) bool { return errors.As(err, target) }
+
+// TestStatePatch: after a whole report, a device sends only what changed
+// (a JSON merge patch against the version the server acknowledged); the
+// stored state is the whole new state. A patch against a version the
+// server no longer holds is 409 and stores nothing, and the reporter then
+// sends the whole state; bad patches are 400 and store nothing.
+func TestStatePatch(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		c := newClock()
+		e := newEnv(t, b, envOptions{clock: c})
+		f := e.fleet("lab")
+		d, cl, tok := e.device(f.ProvisioningKey, "robot-1")
+		svc := func(health string) map[string]release.ServiceState {
+			m := map[string]release.ServiceState{}
+			for _, name := range []string{"nav", "lidar", "planner", "camera", "web"} {
+				m[name] = release.ServiceState{Container: "c-" + name, State: "running", Health: "healthy", Release: "sha256:1234"}
+			}
+			m["nav"] = release.ServiceState{Container: "c-nav", State: "running", Health: health, Release: "sha256:1234"}
+			return m
+		}
+		state := release.CurrentState{
+			Agent:    release.AgentInfo{Name: "robot-1", Version: "v0.2.0", Arch: "arm64"},
+			Apps:     map[string]release.AppState{"app": {Release: "sha256:1234", Version: "v1", Phase: release.PhaseIdle, Services: svc("healthy"), Updated: c.Now()}},
+			Reported: c.Now(),
+		}
+		stored := func() release.CurrentState {
+			t.Helper()
+			got, err := e.st.Device(ctx, d.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cs release.CurrentState
+			if err := json.Unmarshal(got.State, &cs); err != nil {
+				t.Fatalf("stored state %s: %v", got.State, err)
+			}
+			return cs
+		}
+
+		rep := &serverapi.StateReporter{Client: cl}
+		r1, err := rep.Report(ctx, state)
+		if err != nil || rep.Whole != 1 {
+			t.Fatalf("first report: %v (whole %d)", err, rep.Whole)
+		}
+		whole := rep.Bytes
+
+		// One service turns unhealthy: a patch, a fraction of the whole.
+		c.Add(time.Second)
+		state.Apps["app"] = release.AppState{Release: "sha256:1234", Version: "v1", Phase: release.PhaseIdle, Services: svc("unhealthy"), Updated: c.Now()}
+		state.Reported = c.Now()
+		r2, err := rep.Report(ctx, state)
+		if err != nil || rep.Patched != 1 || r2.StateVersion <= r1.StateVersion {
+			t.Fatalf("second report: %v (patched %d, versions %d→%d)", err, rep.Patched, r1.StateVersion, r2.StateVersion)
+		}
+		if patch := rep.Bytes - whole; patch*3 > whole {
+			t.Errorf("the patch weighed %d bytes, the whole state %d", patch, whole)
+		}
+		if diff := cmp.Diff(state, stored()); diff != "" {
+			t.Errorf("stored after a patch (-reported +stored):\n%s", diff)
+		}
+
+		// Refusals: nothing stored.
+		patchRaw := func(ifMatch, body string) int {
+			t.Helper()
+			c.Add(time.Second)
+			req, _ := http.NewRequestWithContext(ctx, "PATCH", e.URL+"/v1/device/state", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			if ifMatch != "" {
+				req.Header.Set("If-Match", ifMatch)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		v := strconv.Quote(strconv.FormatInt(r2.StateVersion, 10))
+		for _, c := range []struct {
+			ifMatch, body string
+			want          int
+		}{
+			{"", `{"reported":"2026-01-01T00:00:00Z"}`, 400},                    // no base
+			{`"1"`, `{"reported":"2026-01-01T00:00:00Z"}`, 409},                 // a stale base
+			{v, `{"apps":`, 400},                                                // not JSON
+			{v, `{"apps":"x"}`, 400},                                            // not a state once applied
+			{v, `{"apps":{"Not Valid":{"phase":"idle"}}}`, 400},                 // an app name a report may not have
+			{v, `{"reported":"2026-01-01T00:00:00Z","agent":{"name":7}}`, 400}, // a wrong type
+		} {
+			if got := patchRaw(c.ifMatch, c.body); got != c.want {
+				t.Errorf("PATCH If-Match %s %s: %d, want %d", c.ifMatch, c.body, got, c.want)
+			}
+		}
+		if diff := cmp.Diff(state, stored()); diff != "" {
+			t.Errorf("stored after refused patches (-reported +stored):\n%s", diff)
+		}
+
+		// Another report took the state on (the device reported whole
+		// elsewhere): the reporter's patch is refused, and it sends whole.
+		c.Add(time.Second)
+		other := state
+		other.Reported = c.Now().Add(-time.Hour)
+		if _, err := cl.ReportState(ctx, other); err != nil {
+			t.Fatal(err)
+		}
+		c.Add(time.Second)
+		state.Reported = c.Now()
+		if _, err := rep.Report(ctx, state); err != nil || rep.Whole != 2 || rep.Patched != 1 {
+			t.Fatalf("report after the server moved on: %v (whole %d, patched %d)", err, rep.Whole, rep.Patched)
+		}
+		if diff := cmp.Diff(state, stored()); diff != "" {
+			t.Errorf("stored after falling back to whole (-reported +stored):\n%s", diff)
+		}
+	})
+}

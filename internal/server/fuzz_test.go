@@ -81,3 +81,32 @@ func FuzzDeviceState(f *testing.F) {
 		}
 	})
 }
+
+// FuzzStatePatch: any patch a device sends, against any stored state, is
+// applied or refused as ErrInvalid, never a panic; what is stored reads
+// back as a state.
+func FuzzStatePatch(f *testing.F) {
+	stored := `{"agent":{"name":"r1","version":"v1"},"apps":{"app":{"release":"sha256:1","phase":"idle","services":{"web":{"state":"running","health":"healthy"}}}},"reported":"2026-11-01T12:00:00Z"}`
+	for _, p := range []string{
+		`{"apps":{"app":{"services":{"web":{"health":"unhealthy"}}}},"reported":"2026-11-01T12:01:00Z"}`,
+		`{"apps":{"app":null}}`,
+		`{"apps":"x"}`,
+		`{"apps":{"../x":{}}}`,
+		`[]`, `null`, `{"agent":{"name":7}}`,
+	} {
+		f.Add([]byte(stored), []byte(p))
+	}
+	f.Fuzz(func(t *testing.T, st, patch []byte) {
+		out, err := applyStatePatch(st, patch)
+		if err != nil {
+			if !errors.Is(err, release.ErrInvalid) {
+				t.Fatalf("a refusal that is not ErrInvalid: %v", err)
+			}
+			return
+		}
+		var back release.CurrentState
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Fatalf("stored state does not read back: %v", err)
+		}
+	})
+}

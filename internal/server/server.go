@@ -239,6 +239,7 @@ func (s *Server) table() []route {
 
 		{"GET /v1/device/target", needDevice, s.target},
 		{"PUT /v1/device/state", needDevice, s.reportState},
+		{"PATCH /v1/device/state", needDevice, s.patchState},
 		{"GET /v1/device/releases/{release}", needDevice, s.deviceRelease},
 		{"POST /v1/device/logs", needDevice, s.shipLogs},
 

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/mergepatch"
 	"github.com/berth-robotics/berth/internal/release"
 )
 
@@ -156,7 +157,7 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, i
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	if in != nil {
+	if in != nil && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
@@ -491,6 +492,71 @@ func (c *Client) Target(ctx context.Context, known int64, wait time.Duration) (t
 func (c *Client) ReportState(ctx context.Context, st release.CurrentState) (*StateReport, error) {
 	var r StateReport
 	return &r, c.send(ctx, http.MethodPut, "/v1/device/state", st, &r)
+}
+
+// PatchState sends what changed in the device's state since the report
+// the server answered with state version base, as a JSON merge patch.
+// A 409 means the server's state is no longer at base: send it whole.
+func (c *Client) PatchState(ctx context.Context, base int64, patch json.RawMessage) (*StateReport, error) {
+	var r StateReport
+	hdr := http.Header{
+		"If-Match":     {strconv.Quote(strconv.FormatInt(base, 10))},
+		"Content-Type": {"application/merge-patch+json"},
+	}
+	_, err := c.do(ctx, http.MethodPatch, "/v1/device/state", hdr, patch, &r)
+	return &r, err
+}
+
+// StateReporter sends a device's state reports: the first whole, then
+// each as a merge patch against the last one the server acknowledged
+// whenever the patch is smaller, and whole again when the server no
+// longer holds that one (409) or takes no patches. Not safe for
+// concurrent use.
+type StateReporter struct {
+	Client *Client
+
+	sent    []byte // the last report the server acknowledged, as sent
+	version int64  // and its state version
+
+	// Whole and Patched count the reports sent each way; Bytes is what
+	// their bodies weighed.
+	Whole, Patched int
+	Bytes          int64
+}
+
+// Report sends st.
+func (r *StateReporter) Report(ctx context.Context, st release.CurrentState) (*StateReport, error) {
+	body, err := json.Marshal(st)
+	if err != nil {
+		return nil, err
+	}
+	if r.sent != nil {
+		patch, err := mergepatch.Diff(r.sent, body)
+		if err == nil && len(patch) < len(body) {
+			res, err := r.Client.PatchState(ctx, r.version, patch)
+			var ae *Error
+			switch {
+			case err == nil:
+				r.Patched++
+				r.Bytes += int64(len(patch))
+				r.sent, r.version = body, res.StateVersion
+				return res, nil
+			case errors.As(err, &ae) && (ae.Status == http.StatusConflict || ae.Status == http.StatusMethodNotAllowed || ae.Status == http.StatusNotFound):
+				// The server's state moved on, or it takes no patches:
+				// whole, below.
+			default:
+				return nil, err
+			}
+		}
+	}
+	res := new(StateReport)
+	if err := r.Client.send(ctx, http.MethodPut, "/v1/device/state", json.RawMessage(body), res); err != nil {
+		return nil, err
+	}
+	r.Whole++
+	r.Bytes += int64(len(body))
+	r.sent, r.version = body, res.StateVersion
+	return res, nil
 }
 
 // DeviceRelease returns one of the releases in the device's own target.
