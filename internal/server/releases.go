@@ -103,6 +103,9 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request, p princip
 			details["key_id"] = req.KeyID
 		}
 		s.audit(r, p, "release.create", "release/"+rel.ID, details)
+	} else if req.Signature != "" {
+		// Maybe signed anew: the devices running it get it again.
+		s.hub.kick()
 	}
 	v, err := releaseView(stored, true)
 	if err != nil {

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -69,9 +70,21 @@ func (db *DB) CreateRelease(ctx context.Context, r Release) (Release, bool, erro
 	}
 	if r.Signature != "" && (r.Signature != old.Signature || r.KeyID != old.KeyID) {
 		// Signed again (after a key rotation, or first signed now): the
-		// caller verified the new signature; it replaces the old.
-		if _, err := db.w.ExecContext(ctx, "UPDATE releases SET signature = $3, key_id = $4 WHERE fleet_id = $1 AND id = $2",
-			r.FleetID, r.ID, r.Signature, r.KeyID); err != nil {
+		// caller verified the new signature; it replaces the old, and the
+		// targets naming the release change, so that devices which
+		// refused it for its signature fetch it again.
+		err := db.inTx(ctx, func(tx *sql.Tx) error {
+			v, err := db.nextTarget(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "UPDATE releases SET signature = $3, key_id = $4 WHERE fleet_id = $1 AND id = $2",
+				r.FleetID, r.ID, r.Signature, r.KeyID); err != nil {
+				return err
+			}
+			return db.setTarget(ctx, tx, v, "id IN (SELECT device_id FROM device_apps WHERE fleet_id = $2 AND release_id = $3)", r.FleetID, r.ID)
+		})
+		if err != nil {
 			return Release{}, false, fmt.Errorf("create release %s: sign: %w", r.ID, err)
 		}
 		old.Signature, old.KeyID = r.Signature, r.KeyID

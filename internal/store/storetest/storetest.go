@@ -512,13 +512,24 @@ func testSignedReleases(t *testing.T, s store.Store, _ *Clock) {
 	if stored.Signature != "" || stored.KeyID != "" {
 		t.Fatalf("unsigned release stored signed: %+v", stored)
 	}
-	// Signed later: the signature is added, the release is the same.
+	// A device runs it, another doesn't.
+	d := try(s.CreateDevice(ctx, lab.ID, "r1", store.NewSecret("bd"))).must(t)
+	other := try(s.CreateDevice(ctx, lab.ID, "r2", store.NewSecret("bd"))).must(t)
+	try(s.AssignRelease(ctx, lab.ID, r.ID, []string{d.ID})).must(t)
+	before := try(s.LatestTargetVersion(ctx)).must(t)
+	// Signed later: the signature is added, the release is the same, and
+	// the targets naming it change (a device that refused it unsigned
+	// fetches it again).
 	signed := r
 	signed.Signature, signed.KeyID = "c2ln", "0011223344556677"
 	got, created, err := s.CreateRelease(ctx, signed)
 	is(t, err, nil, "sign an existing release")
 	if created || got.Signature != "c2ln" || got.KeyID != "0011223344556677" {
 		t.Fatalf("created %v: %+v", created, got)
+	}
+	diff(t, "targets changed by signing", []string{d.ID}, deviceIDs(try(s.TargetChanges(ctx, before, 0)).must(t)))
+	if v := try(s.TargetVersion(ctx, other.ID)).must(t); v > before {
+		t.Errorf("signing a release changed the target of a device without it")
 	}
 	diff(t, "the signed release", got, try(s.Release(ctx, lab.ID, r.ID)).must(t))
 	// Created again unsigned: the signature stays.
