@@ -178,6 +178,13 @@ func (a *Agent) begin(app, kind, rel, version string) (*op, error) {
 	return o, nil
 }
 
+// busy reports whether an operation on app is under way.
+func (a *Agent) busy(app string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ops[app] != nil
+}
+
 // end ends operation o on app, if it is still the one under way (emit ends
 // it as soon as its last event goes out, so that a client that saw the
 // result can start the next operation at once).

@@ -258,6 +258,13 @@ func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *server
 
 func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release, sig serverapi.Signature) (bool, error) {
 	app := fr.App
+	if a.busy(app) {
+		// A switch under way (to an earlier target, or a LAN deploy):
+		// what is left to do shows once it ends. Judged now, a target
+		// back to the release still running would pass for done, and the
+		// switch away from it would then commit. Next round.
+		return false, nil
+	}
 	rec, err := a.store.record(app)
 	if err != nil {
 		return false, err
