@@ -77,6 +77,7 @@ var uiFuncs = template.FuncMap{
 		return n * 100 / total
 	},
 	"plus":       func(a, b int) int { return a + b },
+	"dur":        func(d release.Duration) string { return time.Duration(d).String() },
 	"phaseClass": phaseClass,
 	"healthClass": func(h string) string {
 		switch h {

@@ -1,0 +1,162 @@
+package berthtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// TestDashboard: the web dashboard in a real headless Chromium, over a
+// real berth server, while a real berthd in fleet mode deploys on the real
+// engine. Log in with the admin's token; watch the device appear and go
+// healthy without a reload; start a rollout from the releases page and
+// pause it, then abort it, from the rollout's page; see a rollback's reason
+// on the device's page while its logs follow live. With
+// BERTH_SCREENSHOTS=DIR it writes PNGs of the main pages there, at a
+// laptop's and a phone's width (docs/screenshots comes from this).
+func TestDashboard(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	b := NewBrowser(t, 1280, 900)
+	srv := env.NewServer(t)
+	port := FreePort(t)
+	key := srv.CreateFleet(t, "lab")
+	shots := os.Getenv("BERTH_SCREENSHOTS")
+	shot := func(name string) {
+		if shots != "" {
+			b.Screenshot(t, filepath.Join(shots, name+".png"))
+		}
+	}
+
+	b.Do(t, "open the server", chromedp.Navigate(srv.URL+"/"))
+	if shots != "" {
+		b.Do(t, "login page", chromedp.WaitVisible(chromedp.CSS("#token")))
+		shot("login")
+	}
+	b.Do(t, "log in",
+		chromedp.WaitVisible(chromedp.CSS("#token")),
+		chromedp.SendKeys(chromedp.CSS("#token"), srv.Token),
+		chromedp.Submit(chromedp.CSS("#token")),
+	)
+	b.Await(t, "the fleet overview", `document.querySelector(".counts") && document.querySelector("#live[data-connected]")`, 15*time.Second)
+	b.Eval(t, "window.notReloaded = true")
+
+	compose := func(version string, extra ...string) string {
+		path := filepath.Join(t.TempDir(), "compose.yaml")
+		write(t, path, strings.Replace(web(port, version, extra...), "${IMG_A}", env.Images["a"], 1))
+		return path
+	}
+	rel1 := createRelease(t, srv, compose("1"), "v1")
+	if out, err := srv.Berth(t, "release", "assign", rel1, "--fleet", "lab", "--all"); err != nil {
+		t.Fatal(err, out)
+	}
+	robot := env.NewFleetDevice(t, srv.URL, key)
+	row := fmt.Sprintf(`document.querySelector('tr[data-device=%q]')`, robot.Name)
+	b.Await(t, "the robot online, idle and healthy",
+		row+` && `+row+`.textContent.includes("online") && `+row+`.textContent.includes("idle") && `+row+`.textContent.includes("web: healthy")`,
+		2*time.Minute)
+	if b.Eval(t, "window.notReloaded === true") != "true" {
+		t.Fatal("the overview was reloaded; it should update in place")
+	}
+
+	// A device that registered and went quiet: a rollout's stage waits on
+	// it, so the rollout is still running when the page pauses it.
+	register(t, srv, key, "robot-quiet")
+	b.Await(t, "the quiet device listed", `document.querySelector('tr[data-device="robot-quiet"]')`, 15*time.Second)
+	shot("overview")
+
+	rel2 := createRelease(t, srv, compose("2"), "v2")
+	b.Do(t, "the releases page", chromedp.Navigate(srv.URL+"/ui/fleets/lab/releases"))
+	form := fmt.Sprintf(`article[data-release=%q] form.rollout-form`, rel2)
+	b.Do(t, "start a rollout of v2",
+		chromedp.WaitVisible(chromedp.CSS(form+" button")),
+		chromedp.Click(chromedp.CSS(form+" button")),
+	)
+	b.Await(t, "the rollout running", `document.querySelector('[data-status="running"]') && document.querySelector("#live[data-connected]")`, 15*time.Second)
+	b.Await(t, "a stage under way", `document.querySelector(".stages li.current svg.bar")`, 15*time.Second)
+	b.Do(t, "pause it", chromedp.SendKeys(chromedp.CSS("#pause-reason"), "looking at the canary"), chromedp.Click(chromedp.CSS("#pause")))
+	b.Await(t, "the rollout paused, and why",
+		`document.querySelector('[data-status="paused"]') && document.body.innerText.includes("paused by user:admin: looking at the canary") && document.body.innerText.includes("Rollout paused")`,
+		15*time.Second)
+	shot("rollout")
+	// The canary (the robot, the one online) finishes its switch first.
+	robot.Await(t, "app", 90*time.Second, "on v2", func(a release.AppState) bool { return a.FleetRelease == rel2 && a.Phase == release.PhaseIdle })
+	b.Do(t, "abort it", chromedp.Click(chromedp.CSS("#abort")))
+	b.Await(t, "the rollout aborted", `document.querySelector('[data-status="aborted"]')`, 15*time.Second)
+
+	// An unhealthy release pinned on the robot: it rolls back, and the
+	// device's page says why while the new container's lines arrive.
+	robot.Await(t, "app", 90*time.Second, "back on v1", func(a release.AppState) bool { return a.FleetRelease == rel1 && a.Phase == release.PhaseIdle })
+	b.Do(t, "the device page", chromedp.Navigate(srv.URL+"/ui/"), chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-device=%q] a`, robot.Name))),
+		chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-device=%q] a`, robot.Name))))
+	b.Await(t, "the device's services", `document.querySelector('[data-app="app"] tr[data-service="web"]') && document.querySelector("#live[data-connected]")`, 15*time.Second)
+	b.Await(t, "its logs", `document.querySelector("#logs").textContent.includes("serving on")`, 30*time.Second)
+	b.Eval(t, "window.notReloaded = true")
+	rel3 := createRelease(t, srv, compose("3", `      UNHEALTHY: "1"`), "v3")
+	if out, err := srv.Berth(t, "device", "pin", robot.Name, "--fleet", "lab", "--release", rel3); err != nil {
+		t.Fatal(err, out)
+	}
+	b.Await(t, "the rollback and its reason",
+		`document.querySelector('[data-app="app"]').textContent.includes("rolled back") && document.querySelector('[data-app="app"] .reason').textContent.includes("unhealthy")`,
+		2*time.Minute)
+	b.Await(t, "the failed release's log lines, live", `document.querySelector("#logs").textContent.includes("version 3")`, 30*time.Second)
+	if b.Eval(t, "window.notReloaded === true") != "true" {
+		t.Fatal("the device page was reloaded; it should update in place")
+	}
+	shot("device")
+
+	if shots != "" {
+		b.Viewport(t, 390, 844, true)
+		for _, p := range []struct{ name, path string }{{"overview-phone", "/ui/"}, {"device-phone", ""}, {"rollout-phone", "/ui/fleets/lab/rollouts"}} {
+			if p.path != "" {
+				b.Do(t, p.name, chromedp.Navigate(srv.URL+p.path))
+			} else {
+				b.Do(t, p.name, chromedp.Reload())
+			}
+			b.Await(t, p.name, `document.querySelector("#live")`, 15*time.Second)
+			time.Sleep(500 * time.Millisecond)
+			shot(p.name)
+		}
+	}
+}
+
+// createRelease makes a release of app "app" from a Compose file with
+// `berth release create` (uploading its images) and returns its ID.
+func createRelease(t *testing.T, srv *Server, compose, version string) string {
+	t.Helper()
+	out, err := srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", version, "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var rel struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rel); err != nil || rel.ID == "" {
+		t.Fatalf("release create --json: %v\n%s", err, out)
+	}
+	return rel.ID
+}
+
+// register registers a device by hand, as an agent would, and leaves it.
+func register(t *testing.T, srv *Server, key, name string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"provisioning_key": key, "name": name, "arch": "amd64", "agent_version": "test"})
+	resp, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("register %s: %s", name, resp.Status)
+	}
+}
