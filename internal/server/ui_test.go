@@ -326,3 +326,55 @@ func TestUIDocs(t *testing.T) {
 		}
 	}
 }
+
+// TestUILogs: the device page's log stream sends the lines stored after
+// the one it names, then new ones as the device ships them; the page
+// escapes what a container prints; without a session the stream is 401.
+func TestUILogs(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	f := e.fleet("lab")
+	dev, cl, _ := e.device(f.ProvisioningKey, "robot-a")
+	ship := func(text string) {
+		t.Helper()
+		if err := cl.ShipLogs(ctx, serverapi.LogBatch{Lines: []serverapi.LogLine{{App: "app", Service: "web", Stream: "stdout", Time: time.Now(), Text: text}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ship("<script>alert(1)</script>")
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	st, _, body := b.get("/ui/devices/" + dev.ID)
+	if st != 200 || strings.Contains(body, "<script>alert") || !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Fatalf("device page: %d; want the line escaped\n%s", st, body)
+	}
+	path := "/ui/devices/" + dev.ID + "/logs"
+	if st, _, _ := newBrowser(t, e).do(http.MethodGet, path, nil, "Accept", "text/event-stream"); st != http.StatusUnauthorized {
+		t.Errorf("log stream without a session: %d, want 401", st)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.URL+path+"?after=1", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	timer := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	defer timer.Stop()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		ship("planner ready")
+	}()
+	sc := bufio.NewScanner(resp.Body)
+	var got []string
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			got = append(got, d)
+			if strings.Contains(d, "planner ready") {
+				break
+			}
+		}
+	}
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"planner ready"`) {
+		t.Fatalf("log events after line 1: %q; want just the new line", got)
+	}
+}
