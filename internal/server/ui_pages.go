@@ -466,7 +466,11 @@ func appEvent(app string, a release.AppState) deviceEvent {
 	e := deviceEvent{Time: a.Updated, Class: phaseClass(a.Phase)}
 	switch {
 	case a.Phase == release.PhaseRolledBack || a.FleetFailed != "":
-		e.Kind, e.Text, e.Class = "rollback", fmt.Sprintf("%s: rolled back release %s: %s", app, release.ShortID(cmp.Or(a.FleetFailed, a.Target)), a.Error), "bad"
+		e.Kind, e.Class = "rollback", "bad"
+		e.Text = fmt.Sprintf("%s: release %s was rolled back", app, release.ShortID(cmp.Or(a.FleetFailed, a.Target)))
+		if a.Error != "" {
+			e.Text = app + ": " + a.Error
+		}
 	case a.Error != "":
 		e.Kind, e.Text = "error", app+": "+a.Error
 	case a.Phase == release.PhaseWaitingLock && a.Lock != nil:

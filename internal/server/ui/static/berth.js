@@ -9,7 +9,10 @@
   if (live && window.EventSource) {
     // A form being filled in is left alone until it is sent.
     var dirty = false;
-    live.addEventListener("input", function () { dirty = true; });
+    live.addEventListener("input", function () {
+      if (!dirty) { say("Live updates held while you fill in the form."); }
+      dirty = true;
+    });
     var es = new EventSource(location.pathname + location.search);
     var first = true;
     es.addEventListener("live", function (e) {
