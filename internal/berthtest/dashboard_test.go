@@ -73,6 +73,7 @@ func TestDashboard(t *testing.T) {
 	// it, so the rollout is still running when the page pauses it.
 	register(t, srv, key, "robot-quiet")
 	b.Await(t, "the quiet device listed", `document.querySelector('tr[data-device="robot-quiet"]')`, 15*time.Second)
+	accessible(t, b, "overview")
 	shot("overview")
 
 	rel2 := createRelease(t, srv, compose("2"), "v2")
@@ -88,6 +89,7 @@ func TestDashboard(t *testing.T) {
 	b.Await(t, "the rollout paused, and why",
 		`document.querySelector('[data-status="paused"]') && document.body.innerText.includes("paused by user:admin: looking at the canary") && document.body.innerText.includes("Rollout paused")`,
 		15*time.Second)
+	accessible(t, b, "rollout")
 	shot("rollout")
 	// The canary (the robot, the one online) finishes its switch first.
 	robot.Await(t, "app", 90*time.Second, "on v2", func(a release.AppState) bool { return a.FleetRelease == rel2 && a.Phase == release.PhaseIdle })
@@ -96,6 +98,7 @@ func TestDashboard(t *testing.T) {
 	if shots != "" {
 		b.Do(t, "the releases page", chromedp.Navigate(srv.URL+"/ui/fleets/lab/releases"))
 		b.Await(t, "the releases", `document.querySelector("#live[data-connected]")`, 15*time.Second)
+		accessible(t, b, "releases")
 		shot("releases")
 	}
 
@@ -122,6 +125,7 @@ func TestDashboard(t *testing.T) {
 	if b.Eval(t, "window.notReloaded === true") != "true" {
 		t.Fatal("the device page was reloaded; it should update in place")
 	}
+	accessible(t, b, "device")
 	shot("device")
 
 	if shots != "" {
@@ -164,5 +168,33 @@ func register(t *testing.T, srv *Server, key, name string) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("register %s: %s", name, resp.Status)
+	}
+}
+
+// accessible checks what a page must have for screen readers and keyboards:
+// a language, one h1, a label for every field, alt text on every image, a
+// skip link to the main content.
+func accessible(t *testing.T, b *Browser, page string) {
+	t.Helper()
+	got := b.Eval(t, `JSON.stringify({
+		lang: document.documentElement.lang,
+		h1: document.querySelectorAll("h1").length,
+		unlabelled: [...document.querySelectorAll("input:not([type=hidden]), select, textarea")]
+			.filter(el => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")).map(el => el.name || el.id),
+		noAlt: document.querySelectorAll("img:not([alt])").length,
+		skip: !!document.querySelector('a.skip[href="#main"]') && !!document.getElementById("main"),
+	})`)
+	var a struct {
+		Lang       string
+		H1         int
+		Unlabelled []string
+		NoAlt      int
+		Skip       bool
+	}
+	if err := json.Unmarshal([]byte(got), &a); err != nil {
+		t.Fatalf("%s: %v: %s", page, err, got)
+	}
+	if a.Lang != "en" || a.H1 != 1 || len(a.Unlabelled) > 0 || a.NoAlt > 0 || !a.Skip {
+		t.Errorf("%s page: %+v; want lang en, one h1, every field labelled, alt on images, a skip link", page, a)
 	}
 }

@@ -101,17 +101,20 @@ var uiFuncs = template.FuncMap{
 		}
 		return "muted"
 	},
-	"json": func(b json.RawMessage) string {
-		var v any
-		if json.Unmarshal(b, &v) != nil {
-			return string(b)
-		}
-		out, _ := json.Marshal(v)
-		return string(out)
-	},
+	"json": compactJSON,
 	"join": strings.Join,
 	"q":    url.QueryEscape,
 	"path": url.PathEscape,
+}
+
+// compactJSON is JSON on one line, for people to read.
+func compactJSON(b json.RawMessage) string {
+	var v any
+	if json.Unmarshal(b, &v) != nil {
+		return string(b)
+	}
+	out, _ := json.Marshal(v)
+	return string(out)
 }
 
 func phaseClass(p release.Phase) string {
@@ -433,6 +436,42 @@ func (s *Server) deviceData(ctx context.Context, id string) (deviceData, error) 
 	for _, l := range notes {
 		if l.Stream == "berth" {
 			d.Events = append(d.Events, deviceEvent{Time: l.Time, Kind: "agent", Text: l.Text, Class: "muted"})
+		}
+	}
+	// What was done to it (pins, settings), and what rollouts did with it.
+	es, err := s.st.ListAudit(ctx, store.AuditFilter{Object: "device/" + dev.ID, Limit: 20})
+	if err != nil {
+		return d, err
+	}
+	for _, e := range es {
+		text := e.Actor
+		if len(e.Details) > 0 {
+			text += " " + compactJSON(e.Details)
+		}
+		d.Events = append(d.Events, deviceEvent{Time: e.Time, Kind: e.Action, Text: text, Class: "muted"})
+	}
+	ros, err := s.st.ListRollouts(ctx, dev.FleetID)
+	if err != nil {
+		return d, err
+	}
+	for i, ro := range ros {
+		if i == 5 {
+			break
+		}
+		rds, err := s.st.RolloutDevices(ctx, ro.ID)
+		if err != nil {
+			return d, err
+		}
+		for _, rd := range rds {
+			if rd.DeviceID != dev.ID || rd.Status == store.RolloutDevicePending {
+				continue
+			}
+			text := fmt.Sprintf("rollout %s of %s: %s", ro.ID, ro.App, rd.Status)
+			if rd.Detail != "" {
+				text += ": " + rd.Detail
+			}
+			class := map[string]string{serverapi.RolloutDeviceFailed: "bad", serverapi.RolloutDeviceHealthy: "ok"}[rd.Status]
+			d.Events = append(d.Events, deviceEvent{Time: rd.Updated, Kind: "rollout", Text: text, Class: cmp.Or(class, "busy")})
 		}
 	}
 	slices.SortStableFunc(d.Events, func(a, b deviceEvent) int { return b.Time.Compare(a.Time) })
