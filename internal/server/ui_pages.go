@@ -227,6 +227,9 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 			return nil
 		case <-tick.C:
 		}
+		if _, err := s.uiSession(r); err != nil {
+			return nil // logged out, or the token is gone: no more news
+		}
 		if pg.Data, err = build(ctx); err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("dashboard: live section", "page", name, "error", err)
@@ -315,7 +318,7 @@ func (s *Server) overview(ctx context.Context, f store.Fleet, tag string) (overv
 				healthy = false
 			}
 			for _, svc := range a.Services {
-				if svc.Health == "unhealthy" || (svc.State != "running" && svc.State != "exited") {
+				if (svc.Health != "" && svc.Health != "healthy") || (svc.State != "running" && svc.State != "exited") {
 					healthy = false
 				}
 			}
@@ -593,6 +596,9 @@ func (s *Server) uiLogs(w http.ResponseWriter, r *http.Request, u uiRequest) err
 			}
 		case <-wake:
 		case <-time.After(uiLiveInterval): // lines stored by another replica
+		}
+		if _, err := s.uiSession(r); err != nil {
+			return nil // logged out, or the token is gone
 		}
 	}
 }

@@ -248,13 +248,27 @@ func TestUIAuth(t *testing.T) {
 	// Live updates: the page's section as a server-sent event.
 	liveEvent(t, dan, "/ui/?fleet=lab", "robot-b")
 
-	// Logout ends the session.
+	// Logout ends the session, and its live streams.
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, e.URL+"/ui/?fleet=lab", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := dan.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	ended := make(chan struct{})
+	go func() { io.Copy(io.Discard, stream.Body); close(ended) }()
 	dan.get("/ui/")
 	if st, _, _ := dan.do(http.MethodPost, "/ui/logout", url.Values{"csrf": {dan.csrf}}); st != http.StatusSeeOther {
 		t.Errorf("logout: %d", st)
 	}
 	if st, _, _ := dan.get("/ui/"); st != http.StatusSeeOther {
 		t.Errorf("after logout: %d, want a redirect to the login page", st)
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Error("a live stream went on after logout")
 	}
 
 	// Deleting the token ends the viewer's session.
