@@ -130,6 +130,10 @@ func TestDashboard(t *testing.T) {
 
 	if shots != "" {
 		device := b.Eval(t, "location.pathname")
+		b.Do(t, "the audit log", chromedp.Navigate(srv.URL+"/ui/audit"))
+		b.Await(t, "the audit log", `document.querySelector("#live[data-connected]")`, 15*time.Second)
+		accessible(t, b, "audit")
+		shot("audit")
 		b.Viewport(t, 390, 844, true)
 		for _, p := range []struct{ name, path string }{{"overview-phone", "/ui/"}, {"device-phone", device}, {"rollout-phone", "/ui/fleets/lab/rollouts"}} {
 			b.Do(t, p.name, chromedp.Navigate(srv.URL+p.path))

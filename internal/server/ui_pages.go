@@ -107,6 +107,28 @@ var uiFuncs = template.FuncMap{
 	"path": url.PathEscape,
 }
 
+// detailsText is an audit entry's details as "key value, …", release and
+// image IDs shortened, for people to read.
+func detailsText(b json.RawMessage) string {
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return compactJSON(b)
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
+		str, ok := v.(string)
+		if !ok {
+			out, _ := json.Marshal(v)
+			str = string(out)
+		} else if strings.HasPrefix(str, "sha256:") {
+			str = release.ShortID(str)
+		}
+		parts = append(parts, k+" "+str)
+	}
+	return strings.Join(parts, ", ")
+}
+
 // compactJSON is JSON on one line, for people to read.
 func compactJSON(b json.RawMessage) string {
 	var v any
@@ -449,7 +471,7 @@ func (s *Server) deviceData(ctx context.Context, id string) (deviceData, error) 
 	for _, e := range es {
 		text := e.Actor
 		if len(e.Details) > 0 {
-			text += " " + compactJSON(e.Details)
+			text += ": " + detailsText(e.Details)
 		}
 		d.Events = append(d.Events, deviceEvent{Time: e.Time, Kind: e.Action, Text: text, Class: "muted"})
 	}
