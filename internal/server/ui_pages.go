@@ -45,6 +45,9 @@ func (s *Server) page(r *http.Request, u uiRequest, title string, data any) uiPa
 		pg.Flash = ""
 	}
 	pg.Fleets, _ = s.st.ListFleets(r.Context())
+	if len(pg.Fleets) > 0 {
+		pg.Fleet = pg.Fleets[0].Name // the nav's; pages about a fleet set theirs
+	}
 	return pg
 }
 
@@ -101,7 +104,15 @@ var uiFuncs = template.FuncMap{
 		}
 		return "muted"
 	},
-	"json": compactJSON,
+	"json":    compactJSON,
+	"details": detailsText,
+	"object": func(o string) string { // release/sha256:… → release/1a2b3c4d5e6f
+		kind, id, ok := strings.Cut(o, "/")
+		if ok && strings.HasPrefix(id, "sha256:") {
+			return kind + "/" + release.ShortID(id)
+		}
+		return o
+	},
 	"join": strings.Join,
 	"q":    url.QueryEscape,
 	"path": url.PathEscape,
