@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --dirty --always 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build test test-short test-integration lint fuzz bench bench-fleet cross quickstart clean
+.PHONY: help build test test-short test-integration lint fuzz bench bench-fleet cross screenshots quickstart clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ cross: ## berthd for linux/amd64, arm64 and arm/v7 into bin/
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-amd64 ./cmd/berthd
 	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-arm64 ./cmd/berthd
 	GOOS=linux GOARCH=arm GOARM=7 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/berthd-linux-armv7 ./cmd/berthd
+
+screenshots: ## the dashboard's screenshots in docs/screenshots, from its browser test (needs chromium)
+	BERTH_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test ./internal/berthtest -run '^TestDashboard$$' -count 1
 
 quickstart: ## run the quickstart
 	$(GO) run ./cmd/berth quickstart

@@ -18,31 +18,36 @@ import (
 	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/goimage"
 	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/server"
+	"github.com/berth-robotics/berth/internal/serverapi"
 )
 
 func newQuickstart(version string) *cobra.Command {
 	var exit bool
-	var dir, port string
+	var dir, port, serverAddr string
 	c := &cobra.Command{
 		Use:   "quickstart [--exit]",
-		Short: "Run berth on this machine: an agent, the example app built locally and deployed",
-		Long: `quickstart starts an agent (state under ./.berth/quickstart) against the local
-Docker Engine, builds the example app in examples/hello with the local Go
-toolchain (no registry needed), deploys it, and prints what runs and where.
+		Short: "Run berth on this machine: a fleet server with its dashboard, an agent, the example app built locally and deployed",
+		Long: `quickstart starts a fleet server with its web dashboard (data under
+./.berth/quickstart/server) and an agent in its fleet (state under
+./.berth/quickstart) against the local Docker Engine, builds the example app
+in examples/hello with the local Go toolchain (no registry needed), deploys
+it, and prints what runs and where, and the dashboard's URL and how to log in.
 It runs until Ctrl-C, then removes the example app (its volume stays).
 With --exit it checks the app answers, removes it and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return runQuickstart(c.Context(), version, dir, port, exit, c.OutOrStdout(), c.ErrOrStderr())
+			return runQuickstart(c.Context(), version, dir, port, serverAddr, exit, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
 	c.Flags().BoolVar(&exit, "exit", false, "verify the example answers, clean up and exit (for CI)")
 	c.Flags().StringVar(&dir, "dir", filepath.Join(".berth", "quickstart"), "the agent's state directory")
 	c.Flags().StringVar(&port, "port", "18080", "host port (on 127.0.0.1) for the example app")
+	c.Flags().StringVar(&serverAddr, "server-listen", "127.0.0.1:7070", "address of the fleet server and its dashboard (loopback)")
 	return c
 }
 
-func runQuickstart(ctx context.Context, version, dir, port string, exit bool, out, errOut io.Writer) error {
+func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, exit bool, out, errOut io.Writer) error {
 	start := time.Now()
 	if _, err := os.Stat(filepath.Join("examples", "hello", "compose.yaml")); err != nil {
 		return fmt.Errorf("run quickstart from the root of the berth repository (examples/hello not found): %w", err)
@@ -91,8 +96,17 @@ func runQuickstart(ctx context.Context, version, dir, port string, exit bool, ou
 		return err
 	}
 	defer logf.Close()
+
+	// The fleet server, with its dashboard, and a fleet for the agent.
+	srv, err := startQuickstartServer(filepath.Join(dir, "server"), serverAddr, logf)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	step("fleet server and dashboard at %s/ui/ (log: %s)", srv.url, logf.Name())
 	cfg := agent.Config{StateDir: dir, Socket: socket, Name: "quickstart", Version: version,
-		Settle: release.Duration(2 * time.Second), VerifyTimeout: release.Duration(time.Minute)}
+		Settle: release.Duration(2 * time.Second), VerifyTimeout: release.Duration(time.Minute),
+		Fleet: &agent.FleetConfig{Server: srv.url, ProvisioningKey: srv.key, PollWait: 10 * time.Second}}
 	ag, err := agent.New(cfg, eng, slog.New(slog.NewTextHandler(logf, nil)))
 	if err != nil {
 		return err
@@ -140,6 +154,8 @@ func runQuickstart(ctx context.Context, version, dir, port string, exit bool, ou
 		return nil
 	}
 	fmt.Fprintf(out, `
+The dashboard: %s/ui/ — log in with the admin token in %s
+(the agent "quickstart" is a device of fleet "quickstart"; the example app shows as a local override)
 The example app runs at %s
 Try, in another terminal:
   go run ./cmd/berth status --to %s
@@ -147,7 +163,7 @@ Try, in another terminal:
   GREETING=Hi go run ./cmd/berth deploy -f examples/hello/compose.yaml --to %s
   go run ./cmd/berth rollback --to %s --app hello
 Ctrl-C stops the agent and removes the example app (its volume stays).
-`, url, to, to, to, to)
+`, srv.url, srv.tokenFile, url, to, to, to, to)
 	select {
 	case <-ctx.Done():
 	case err := <-agentDone:
@@ -195,4 +211,53 @@ func get(ctx context.Context, url string) (string, error) {
 		return string(b), fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return string(b), nil
+}
+
+// quickstartServer is the fleet server quickstart runs in-process.
+type quickstartServer struct {
+	url, key, tokenFile string
+	stop                func()
+}
+
+// startQuickstartServer serves the fleet server and its dashboard from
+// dataDir on addr (loopback, plain HTTP) and makes sure the fleet
+// "quickstart" exists, returning a provisioning key for it.
+func startQuickstartServer(dataDir, addr string, logw io.Writer) (*quickstartServer, error) {
+	sctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg := server.Config{DataDir: dataDir, Listen: addr, Logger: slog.New(slog.NewTextHandler(logw, nil)),
+		PollInterval: 10 * time.Second, Ready: func(url, _ string) { ready <- url }}
+	go func() { done <- server.Serve(sctx, cfg) }()
+	qs := &quickstartServer{tokenFile: filepath.Join(dataDir, "admin.token"), stop: func() { cancel(); <-done }}
+	select {
+	case qs.url = <-ready:
+	case err := <-done:
+		cancel()
+		return nil, fmt.Errorf("fleet server on %s (another one running? --server-listen picks another address): %w", addr, err)
+	case <-time.After(30 * time.Second):
+		qs.stop()
+		return nil, errors.New("the fleet server did not start within 30s")
+	}
+	fail := func(err error) (*quickstartServer, error) { qs.stop(); return nil, err }
+	tok, err := os.ReadFile(qs.tokenFile)
+	if err != nil {
+		return fail(fmt.Errorf("the fleet server's admin token: %w", err))
+	}
+	cl, err := serverapi.New(qs.url, serverapi.Options{Token: strings.TrimSpace(string(tok))})
+	if err != nil {
+		return fail(err)
+	}
+	defer cl.Close()
+	ctx, cancelReq := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelReq()
+	f, err := cl.CreateFleet(ctx, "quickstart")
+	if errors.Is(err, release.ErrConflict) {
+		f, err = cl.RotateProvisioningKey(ctx, "quickstart") // its devices keep their tokens
+	}
+	if err != nil {
+		return fail(fmt.Errorf("fleet quickstart: %w", err))
+	}
+	qs.key = f.ProvisioningKey
+	return qs, nil
 }

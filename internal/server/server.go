@@ -66,6 +66,7 @@ type Server struct {
 	mux  *http.ServeMux
 
 	content *contentState // uploaded images, and who may read them
+	ui      uiState       // the dashboard's sessions and templates (ui.go)
 
 	fleetNames sync.Map // fleet ID → name (names never change)
 
@@ -185,6 +186,7 @@ func (s *Server) routes() {
 	for _, r := range s.table() {
 		s.mux.Handle(r.Pattern, s.wrap(r.Pattern, r.need, r.h))
 	}
+	s.uiRoutes() // the dashboard, under /ui/ (ui.go)
 	s.mux.HandleFunc("/", s.notFound)
 }
 

@@ -1,0 +1,394 @@
+package server_test
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/server"
+	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/store"
+)
+
+// browser is an HTTP client with cookies that does not follow redirects,
+// as a browser's requests look to the server.
+type browser struct {
+	t    *testing.T
+	e    *env
+	c    *http.Client
+	csrf string // the last csrf field seen on a page
+}
+
+func newBrowser(t *testing.T, e *env) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, e: e, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// do sends a request; form, if not nil, is POSTed. It returns the status,
+// the Location header and the body.
+func (b *browser) do(method, path string, form url.Values, hdr ...string) (int, string, string) {
+	b.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.e.URL+path, body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if m := csrfRE.FindSubmatch(out); m != nil {
+		b.csrf = string(m[1])
+	}
+	return resp.StatusCode, resp.Header.Get("Location"), string(out)
+}
+
+func (b *browser) get(path string) (int, string, string) { return b.do(http.MethodGet, path, nil) }
+
+// login logs in with token and expects to be let in.
+func (b *browser) login(token string) {
+	b.t.Helper()
+	if st, _, body := b.get("/ui/login"); st != 200 || !strings.Contains(body, `name="token"`) {
+		b.t.Fatalf("login page: %d\n%s", st, body)
+	}
+	st, loc, body := b.do(http.MethodPost, "/ui/login", url.Values{"token": {token}, "csrf": {b.csrf}, "next": {"/ui/"}})
+	if st != http.StatusSeeOther || loc != "/ui/" {
+		b.t.Fatalf("login: %d to %q\n%s", st, loc, body)
+	}
+	if _, _, body := b.get("/ui/"); !strings.Contains(body, "Log out") {
+		b.t.Fatalf("after login the overview has no logout button:\n%s", body)
+	}
+}
+
+// TestUIAuth: without a session pages redirect to the login page and
+// everything else is refused; a bad token or a login without its CSRF
+// token does not log in; the session cookie is HttpOnly and SameSite=Strict;
+// a POST without the session's CSRF token, or from another origin, is
+// refused and changes nothing; a viewer sees no action buttons and is
+// refused if it posts anyway; a deployer pauses, resumes and aborts a
+// rollout from the page, audited as itself; logout and a deleted token
+// end the session.
+func TestUIAuth(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	viewerTok := e.user("vera", serverapi.RoleViewer)
+	deployerTok := e.user("dan", serverapi.RoleDeployer)
+	f := e.fleet("lab")
+	devA, _, _ := e.device(f.ProvisioningKey, "robot-a")
+	e.device(f.ProvisioningKey, "robot-b")
+	rel := e.release("lab", "app", "v1")
+	ro, err := e.admin.StartRollout(ctx, "lab", serverapi.StartRolloutRequest{Release: rel.ID, Canary: "1", Batch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roPath := "/ui/fleets/lab/rollouts/" + ro.ID
+
+	anon := newBrowser(t, e)
+	for _, path := range []string{"/ui/", "/ui/devices/" + devA.ID, roPath, "/ui/fleets/lab/releases", "/ui/audit"} {
+		st, loc, _ := anon.get(path)
+		if st != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/login?next=") {
+			t.Errorf("GET %s without a session: %d to %q, want 303 to the login page", path, st, loc)
+		}
+	}
+	if st, _, _ := anon.do(http.MethodGet, "/ui/", nil, "Accept", "text/event-stream"); st != http.StatusUnauthorized {
+		t.Errorf("live updates without a session: %d, want 401", st)
+	}
+	if st, loc, _ := anon.get("/"); st != http.StatusSeeOther || loc != "/ui/" {
+		t.Errorf("GET /: %d to %q, want 303 to /ui/", st, loc)
+	}
+	if st, _, _ := anon.do(http.MethodPost, roPath+"/pause", url.Values{"csrf": {"x"}}); st != http.StatusUnauthorized {
+		t.Errorf("pause without a session: %d, want 401", st)
+	}
+	// Logging in: a bad token, a device's token, no CSRF token.
+	anon.get("/ui/login")
+	if st, _, body := anon.do(http.MethodPost, "/ui/login", url.Values{"token": {"bt_" + strings.Repeat("a", 32)}, "csrf": {anon.csrf}}); st != http.StatusUnauthorized || !strings.Contains(body, "not accepted") {
+		t.Errorf("login with a bad token: %d\n%s", st, body)
+	}
+	if st, _, _ := anon.do(http.MethodPost, "/ui/login", url.Values{"token": {deployerTok}}); st != http.StatusForbidden {
+		t.Errorf("login without the form's CSRF token: %d, want 403", st)
+	}
+	if st, _, _ := anon.do(http.MethodPost, "/ui/login", url.Values{"token": {deployerTok}, "csrf": {anon.csrf}}, "Origin", "https://evil.example"); st != http.StatusForbidden {
+		t.Errorf("login from another origin: %d, want 403", st)
+	}
+
+	// The deployer's session.
+	dan := newBrowser(t, e)
+	dan.get("/ui/login")
+	req, _ := http.NewRequest(http.MethodPost, e.URL+"/ui/login", strings.NewReader(url.Values{"token": {deployerTok}, "csrf": {dan.csrf}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for _, c := range dan.c.Jar.Cookies(req.URL) {
+		req.AddCookie(c)
+	}
+	resp, err := dan.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	var sess *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "berth_session" {
+			sess = c
+		}
+	}
+	if sess == nil || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode || len(sess.Value) < 32 || strings.Contains(sess.Value, deployerTok) {
+		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, a random ID", sess)
+	}
+	for path, want := range map[string]string{
+		"/ui/":                             "robot-a",
+		"/ui/devices/" + devA.ID:           "Recent events",
+		"/ui/devices/" + devA.ID + "/logs": "Logs of robot-a",
+		"/ui/fleets/lab/releases":          "v1",
+		"/ui/fleets/lab/rollouts":          ro.ID,
+		roPath:                             `id="pause"`,
+	} {
+		if st, _, body := dan.get(path); st != 200 || !strings.Contains(body, want) {
+			t.Errorf("GET %s as deployer: %d, want 200 with %q\n%s", path, st, want, body)
+		}
+	}
+	if st, _, _ := dan.get("/ui/audit"); st != http.StatusForbidden {
+		t.Errorf("audit as deployer: %d, want 403 (admins only, as GET /v1/audit)", st)
+	}
+	dan.get(roPath)
+	good := dan.csrf
+	before := e.auditCount() // after the login, which is audited
+
+	// CSRF: no token, a wrong one, another origin, a cross-site fetch.
+	for name, tc := range map[string]struct {
+		form url.Values
+		hdr  []string
+	}{
+		"NoToken":     {url.Values{}, nil},
+		"WrongToken":  {url.Values{"csrf": {strings.Repeat("0", 64)}}, nil},
+		"OtherOrigin": {url.Values{"csrf": {good}}, []string{"Origin", "https://evil.example"}},
+		"CrossSite":   {url.Values{"csrf": {good}}, []string{"Sec-Fetch-Site", "cross-site"}},
+	} {
+		if st, _, _ := dan.do(http.MethodPost, roPath+"/pause", tc.form, tc.hdr...); st != http.StatusForbidden {
+			t.Errorf("%s: pause: %d, want 403", name, st)
+		}
+	}
+	if got, _ := e.st.Rollout(ctx, ro.ID); got.Status != store.RolloutRunning {
+		t.Fatalf("refused posts changed the rollout: %s", got.Status)
+	}
+	if after := e.auditCount(); after != before {
+		t.Errorf("refused posts changed something: %d audit entries, were %d", after, before)
+	}
+
+	// A viewer: no buttons, and a 403 for posting anyway.
+	vera := newBrowser(t, e)
+	vera.login(viewerTok)
+	st, _, body := vera.get(roPath)
+	if st != 200 || strings.Contains(body, `id="pause"`) || strings.Contains(body, `id="abort"`) {
+		t.Errorf("rollout page for a viewer: %d, has action buttons", st)
+	}
+	if _, _, body := vera.get("/ui/fleets/lab/releases"); strings.Contains(body, "Start rollout") {
+		t.Error("releases page for a viewer offers to start a rollout")
+	}
+	if st, _, _ := vera.do(http.MethodPost, roPath+"/pause", url.Values{"csrf": {vera.csrf}}); st != http.StatusForbidden {
+		t.Errorf("pause as viewer: %d, want 403", st)
+	}
+	if got, _ := e.st.Rollout(ctx, ro.ID); got.Status != store.RolloutRunning {
+		t.Fatalf("a viewer's post changed the rollout: %s", got.Status)
+	}
+
+	// The deployer acts: pause (with a reason), resume, abort.
+	dan.login(deployerTok)
+	dan.get(roPath)
+	for _, step := range []struct{ action, want string }{{"pause", "paused"}, {"resume", "running"}, {"abort", "aborted"}} {
+		st, loc, body := dan.do(http.MethodPost, roPath+"/"+step.action, url.Values{"csrf": {dan.csrf}, "reason": {"from the test"}})
+		if st != http.StatusSeeOther || !strings.HasPrefix(loc, roPath) {
+			t.Fatalf("%s: %d to %q\n%s", step.action, st, loc, body)
+		}
+		if got, _ := e.st.Rollout(ctx, ro.ID); string(got.Status) != step.want {
+			t.Fatalf("after %s the rollout is %s", step.action, got.Status)
+		}
+		if _, _, body := dan.get(loc); !strings.Contains(body, `data-status="`+step.want+`"`) {
+			t.Errorf("after %s the page does not show %s", step.action, step.want)
+		}
+	}
+	es, _ := e.st.ListAudit(ctx, store.AuditFilter{Action: "rollout.pause"})
+	if len(es) != 1 || es[0].Actor != "user:dan" || !strings.Contains(string(es[0].Details), "from the test") {
+		t.Errorf("audit of the pause: %+v", es)
+	}
+
+	// Start a rollout from the releases page.
+	dan.get("/ui/fleets/lab/releases")
+	st, loc, body := dan.do(http.MethodPost, "/ui/fleets/lab/rollouts", url.Values{"csrf": {dan.csrf}, "release": {rel.ID}, "canary": {"1"}, "batch": {"5"}, "max_failures": {"1"}, "stage_timeout": {"10m"}})
+	if st != http.StatusSeeOther || !strings.Contains(loc, "/ui/fleets/lab/rollouts/") {
+		t.Fatalf("start a rollout: %d to %q\n%s", st, loc, body)
+	}
+	// A bad value is refused with the API's word, nothing started.
+	n, _ := e.st.ListRollouts(ctx, f.ID)
+	if st, _, body := dan.do(http.MethodPost, "/ui/fleets/lab/rollouts", url.Values{"csrf": {dan.csrf}, "release": {rel.ID}, "stage_timeout": {"1ms"}}); st != http.StatusBadRequest || !strings.Contains(body, "stage_timeout") {
+		t.Errorf("a bad stage timeout: %d\n%s", st, body)
+	}
+	if m, _ := e.st.ListRollouts(ctx, f.ID); len(m) != len(n) {
+		t.Error("a refused start made a rollout")
+	}
+
+	// Live updates: the page's section as a server-sent event.
+	liveEvent(t, dan, "/ui/?fleet=lab", "robot-b")
+
+	// Logout ends the session, and its live streams.
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, e.URL+"/ui/?fleet=lab", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := dan.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	ended := make(chan struct{})
+	go func() { io.Copy(io.Discard, stream.Body); close(ended) }()
+	dan.get("/ui/")
+	if st, _, _ := dan.do(http.MethodPost, "/ui/logout", url.Values{"csrf": {dan.csrf}}); st != http.StatusSeeOther {
+		t.Errorf("logout: %d", st)
+	}
+	if st, _, _ := dan.get("/ui/"); st != http.StatusSeeOther {
+		t.Errorf("after logout: %d, want a redirect to the login page", st)
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Error("a live stream went on after logout")
+	}
+
+	// Deleting the token ends the viewer's session.
+	users, _ := e.admin.Users(ctx)
+	for _, u := range users {
+		if u.Name == "vera" {
+			ts, _ := e.admin.Tokens(ctx, u.ID)
+			if err := e.admin.DeleteToken(ctx, u.ID, ts[0].ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if st, _, _ := vera.get("/ui/"); st != http.StatusSeeOther {
+		t.Errorf("with its token deleted: %d, want the login page", st)
+	}
+}
+
+// liveEvent reads the page's event stream until a "live" event holds want.
+func liveEvent(t *testing.T, b *browser, path, want string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.e.URL+path, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("live: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	done := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	defer done.Stop()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	event := ""
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "event: "); ok {
+			event = v
+		}
+		if strings.HasPrefix(line, "data: ") && event == "live" && strings.Contains(line, want) {
+			return
+		}
+	}
+	t.Fatalf("no live event with %q", want)
+}
+
+// TestUIDocs: docs/api.md documents every dashboard route with its role.
+func TestUIDocs(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(nil, server.Options{})
+	for _, r := range s.UIRoutes() {
+		method, path, _ := strings.Cut(r.Pattern, " ")
+		re := regexp.MustCompile(`(?m)^#+ .*` + regexp.QuoteMeta(method+" "+path) + "`")
+		loc := re.FindIndex(doc)
+		if loc == nil {
+			t.Errorf("docs/api.md has no heading for %s %s", method, path)
+			continue
+		}
+		section := doc[loc[1]:]
+		if next := regexp.MustCompile(`(?m)^#`).FindIndex(section); next != nil {
+			section = section[:next[0]]
+		}
+		if !strings.Contains(string(section), "Role: "+r.Access) {
+			t.Errorf("docs/api.md: %s %s does not say \"Role: %s\"", method, path, r.Access)
+		}
+	}
+}
+
+// TestUILogs: the device page's log stream sends the lines stored after
+// the one it names, then new ones as the device ships them; the page
+// escapes what a container prints; without a session the stream is 401.
+func TestUILogs(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	f := e.fleet("lab")
+	dev, cl, _ := e.device(f.ProvisioningKey, "robot-a")
+	ship := func(text string) {
+		t.Helper()
+		if err := cl.ShipLogs(ctx, serverapi.LogBatch{Lines: []serverapi.LogLine{{App: "app", Service: "web", Stream: "stdout", Time: time.Now(), Text: text}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ship("<script>alert(1)</script>")
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	st, _, body := b.get("/ui/devices/" + dev.ID)
+	if st != 200 || strings.Contains(body, "<script>alert") || !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Fatalf("device page: %d; want the line escaped\n%s", st, body)
+	}
+	path := "/ui/devices/" + dev.ID + "/logs"
+	if st, _, _ := newBrowser(t, e).do(http.MethodGet, path, nil, "Accept", "text/event-stream"); st != http.StatusUnauthorized {
+		t.Errorf("log stream without a session: %d, want 401", st)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.URL+path+"?after=1", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	timer := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	defer timer.Stop()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		ship("planner ready")
+	}()
+	sc := bufio.NewScanner(resp.Body)
+	var got []string
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			got = append(got, d)
+			if strings.Contains(d, "planner ready") {
+				break
+			}
+		}
+	}
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"planner ready"`) {
+		t.Fatalf("log events after line 1: %q; want just the new line", got)
+	}
+}
