@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -353,6 +354,31 @@ func TestReplicas(t *testing.T) {
 			t.Fatalf("round %d: the change on the other replica did not wake the long poll", round)
 		}
 	}
+
+	// Logs: followed on a, shipped through b, there within a second.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lines := make(chan string, 4)
+	go a.admin.DeviceLogs(fctx, reg.Device.ID, serverapi.LogQuery{Follow: true}, func(l serverapi.LogLine) error {
+		lines <- l.Text
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	if err := onB.ShipLogs(ctx, serverapi.LogBatch{Lines: []serverapi.LogLine{logLine("app", "web", "via b")}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-lines:
+		if got != "via b" {
+			t.Errorf("followed %q on a, want the line shipped through b", got)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("a line shipped through b reached a's follower after %s, want within 1s", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a line shipped through b did not reach a's follower")
+	}
 }
 
 func asError(err error, target **serverapi.Error) bool { return errors.As(err, target) }
@@ -437,11 +463,11 @@ func TestStatePatch(t *testing.T) {
 			ifMatch, body string
 			want          int
 		}{
-			{"", `{"reported":"2026-01-01T00:00:00Z"}`, 400},                    // no base
-			{`"1"`, `{"reported":"2026-01-01T00:00:00Z"}`, 409},                 // a stale base
-			{v, `{"apps":`, 400},                                                // not JSON
-			{v, `{"apps":"x"}`, 400},                                            // not a state once applied
-			{v, `{"apps":{"Not Valid":{"phase":"idle"}}}`, 400},                 // an app name a report may not have
+			{"", `{"reported":"2026-01-01T00:00:00Z"}`, 400},                   // no base
+			{`"1"`, `{"reported":"2026-01-01T00:00:00Z"}`, 409},                // a stale base
+			{v, `{"apps":`, 400},                                               // not JSON
+			{v, `{"apps":"x"}`, 400},                                           // not a state once applied
+			{v, `{"apps":{"Not Valid":{"phase":"idle"}}}`, 400},                // an app name a report may not have
 			{v, `{"reported":"2026-01-01T00:00:00Z","agent":{"name":7}}`, 400}, // a wrong type
 		} {
 			if got := patchRaw(c.ifMatch, c.body); got != c.want {

@@ -13,6 +13,8 @@ import (
 // listen holds a connection of its own to PostgreSQL, LISTENing on
 // store.TargetsChannel, and kicks the hub on every notification: a change
 // another replica committed wakes this replica's long polls within moments.
+// On store.LogsChannel it wakes the followers of the device's logs
+// (`berth logs -f`, the dashboard) whichever replica took the lines.
 // A lost connection is re-established with backoff; after each (re)connect
 // the hub is kicked, so that changes made meanwhile are not missed (and the
 // hub's rescan covers the gap in any case).
@@ -43,14 +45,21 @@ func (s *Server) listenOnce(ctx context.Context, dsn string) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{store.TargetsChannel}.Sanitize()); err != nil {
-		return fmt.Errorf("LISTEN %s: %w", store.TargetsChannel, err)
+	for _, ch := range []string{store.TargetsChannel, store.LogsChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("LISTEN %s: %w", ch, err)
+		}
 	}
-	s.log.Debug("listening for target changes", "channel", store.TargetsChannel)
+	s.log.Debug("listening for target changes and log lines", "channels", []string{store.TargetsChannel, store.LogsChannel})
 	s.hub.kick()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
+		}
+		if n.Channel == store.LogsChannel {
+			s.logs.notify(n.Payload)
+			continue
 		}
 		s.hub.kick()
 	}

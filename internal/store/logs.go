@@ -30,7 +30,7 @@ func (db *DB) AppendLogs(ctx context.Context, deviceID string, lines []LogLine, 
 				return err
 			}
 		}
-		return nil
+		return db.notify(ctx, tx, LogsChannel, deviceID)
 	})
 	if err != nil {
 		return notFound(err, "append logs of device %s", deviceID)

@@ -56,6 +56,11 @@ var (
 // target version, in decimal.
 const TargetsChannel = "berth_targets"
 
+// LogsChannel is the PostgreSQL notification channel on which new log
+// lines of a device are announced (AppendLogs); the payload is the
+// device's ID.
+const LogsChannel = "berth_logs"
+
 // AnyVersion, given to SetDeviceState, replaces the state whatever its version.
 const AnyVersion int64 = -1
 
