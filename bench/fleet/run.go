@@ -161,6 +161,7 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	f.active.Store(false)
 	r.SteadySecs = time.Since(t0).Seconds()
 	profiled()
+	srv.heapProfile(filepath.Join(o.profile, db+"-heap.pprof"))
 	s1, d1, c1 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	if err := ctx.Err(); err != nil {
 		return r, err

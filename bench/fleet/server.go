@@ -150,6 +150,28 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// heapProfile saves the server's heap profile (in use now) into path.
+func (s *serverProc) heapProfile(path string) {
+	if s.pprof == "" {
+		return
+	}
+	resp, err := http.Get("http://" + s.pprof + "/debug/pprof/heap")
+	if err != nil {
+		logf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
+		logf("heap profile: %v", err)
+		return
+	}
+	logf("wrote %s", path)
+}
+
 // cpuProfile saves the server's CPU profile over the next d into path, in
 // the background; wait returns once it is written (or failed, said on
 // stderr). Without a profiler it does nothing.
