@@ -718,6 +718,13 @@ func (a *Agent) State(ctx context.Context) (*release.CurrentState, error) {
 		if cur != nil {
 			as.Version = cur.Version
 		}
+		for _, id := range rec.Kept {
+			k := release.KeptRelease{ID: id}
+			if r, _ := a.store.release(app, id); r != nil {
+				k.Version = r.Version
+			}
+			as.Kept = append(as.Kept, k)
+		}
 		a.mu.Lock()
 		if o := a.ops[app]; o != nil {
 			as.Phase = o.phase

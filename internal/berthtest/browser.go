@@ -2,6 +2,7 @@ package berthtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,6 +101,15 @@ func (b *Browser) Await(t testing.TB, what, expr string, timeout time.Duration) 
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// Click clicks the first element selector matches, once it exists. It
+// finds the element and clicks it in one step in the page, so a live
+// update replacing the element in between cannot leave a stale one.
+func (b *Browser) Click(t testing.TB, what, selector string) {
+	t.Helper()
+	sel, _ := json.Marshal(selector)
+	b.Await(t, what, fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (!e) return false; e.click(); return true })()`, sel), time.Minute)
 }
 
 // Screenshot writes a PNG of the whole page to path.

@@ -79,13 +79,11 @@ func TestDashboard(t *testing.T) {
 	rel2 := createRelease(t, srv, compose("2"), "v2")
 	b.Do(t, "the releases page", chromedp.Navigate(srv.URL+"/ui/fleets/lab/releases"))
 	form := fmt.Sprintf(`article[data-release=%q] form.rollout-form`, rel2)
-	b.Do(t, "start a rollout of v2",
-		chromedp.WaitVisible(chromedp.CSS(form+" button")),
-		chromedp.Click(chromedp.CSS(form+" button")),
-	)
+	b.Click(t, "start a rollout of v2", form+" button")
 	b.Await(t, "the rollout running", `document.querySelector('[data-status="running"]') && document.querySelector("#live[data-connected]")`, 15*time.Second)
 	b.Await(t, "a stage under way", `document.querySelector(".stages li.current svg.bar")`, 15*time.Second)
-	b.Do(t, "pause it", chromedp.SendKeys(chromedp.CSS("#pause-reason"), "looking at the canary"), chromedp.Click(chromedp.CSS("#pause")))
+	b.Do(t, "give a reason", chromedp.SendKeys(chromedp.CSS("#pause-reason"), "looking at the canary"))
+	b.Click(t, "pause it", "#pause")
 	b.Await(t, "the rollout paused, and why",
 		`document.querySelector('[data-status="paused"]') && document.body.innerText.includes("paused by user:admin: looking at the canary") && document.body.innerText.includes("Rollout paused")`,
 		15*time.Second)
@@ -93,7 +91,7 @@ func TestDashboard(t *testing.T) {
 	shot("rollout")
 	// The canary (the robot, the one online) finishes its switch first.
 	robot.Await(t, "app", 90*time.Second, "on v2", func(a release.AppState) bool { return a.FleetRelease == rel2 && a.Phase == release.PhaseIdle })
-	b.Do(t, "abort it", chromedp.Click(chromedp.CSS("#abort")))
+	b.Click(t, "abort it", "#abort")
 	b.Await(t, "the rollout aborted", `document.querySelector('[data-status="aborted"]')`, 15*time.Second)
 	if shots != "" {
 		b.Do(t, "the releases page", chromedp.Navigate(srv.URL+"/ui/fleets/lab/releases"))
@@ -105,8 +103,8 @@ func TestDashboard(t *testing.T) {
 	// An unhealthy release pinned on the robot: it rolls back, and the
 	// device's page says why while the new container's lines arrive.
 	robot.Await(t, "app", 90*time.Second, "back on v1", func(a release.AppState) bool { return a.FleetRelease == rel1 && a.Phase == release.PhaseIdle })
-	b.Do(t, "the device page", chromedp.Navigate(srv.URL+"/ui/"), chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-device=%q] a`, robot.Name))),
-		chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-device=%q] a`, robot.Name))))
+	b.Do(t, "the fleet page", chromedp.Navigate(srv.URL+"/ui/"))
+	b.Click(t, "the device page", fmt.Sprintf(`tr[data-device=%q] a`, robot.Name))
 	b.Await(t, "the device's services", `document.querySelector('[data-app="app"] tr[data-service="web"]') && document.querySelector("#live[data-connected]")`, 15*time.Second)
 	b.Await(t, "its logs", `document.querySelector("#logs").textContent.includes("serving on")`, 30*time.Second)
 	b.Eval(t, "window.notReloaded = true")
@@ -119,6 +117,8 @@ func TestDashboard(t *testing.T) {
 	b.Await(t, "the rollback and its reason",
 		`document.querySelector('[data-app="app"]').textContent.includes("rolled back") && document.querySelector('[data-app="app"] .reason').textContent.includes("unhealthy")`,
 		2*time.Minute)
+	// The releases kept to roll back to, as the robot reports them.
+	b.Await(t, "the kept releases", `[...document.querySelectorAll('[data-app="app"] dt')].some(d => d.textContent == "Kept")`, 30*time.Second)
 	// The old release starts again after the rollback: its first line
 	// arrives on the open page.
 	b.Await(t, "new log lines, live", serving+" > window.servingBefore", 30*time.Second)

@@ -80,7 +80,16 @@ type AppState struct {
 	Override     *Override               `json:"override,omitempty"`
 	Lock         *LockInfo               `json:"lock,omitempty"`
 	Services     map[string]ServiceState `json:"services"`
-	Updated      time.Time               `json:"updated"`
+	// Kept are the releases kept on the device to roll back to, newest
+	// first, the one that runs included.
+	Kept    []KeptRelease `json:"kept,omitempty"`
+	Updated time.Time     `json:"updated"`
+}
+
+// KeptRelease is a release kept on a device.
+type KeptRelease struct {
+	ID      string `json:"id"`
+	Version string `json:"version"`
 }
 
 // Override says that an app of a fleet device runs a release deployed over

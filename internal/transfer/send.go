@@ -627,11 +627,10 @@ func (s *Sender) sendIndexes(ctx context.Context, send []*content.Index, held []
 // from the most similar of them (base names it) when that is smaller than
 // ix zstd-compressed alone (base "").
 func encodeIndex(ix *content.Index, held []*content.Index) (body []byte, base string, err error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
+	enc, err := sharedEncoder()
 	if err != nil {
 		return nil, "", err
 	}
-	defer enc.Close()
 	raw := ix.Encode()
 	body = enc.EncodeAll(raw, nil)
 	if b := similar(ix, held); b != nil {
