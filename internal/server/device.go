@@ -39,16 +39,20 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		// Subscribed first, then read: a change from now on wakes us.
+		// Woken for this device's change, the hub hands us its version.
+		woke := int64(-1)
 	poll:
 		for {
-			if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
+			if woke >= 0 {
+				version = woke
+			} else if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
 				return err
 			}
 			if version != known {
 				break
 			}
 			select {
-			case <-wake:
+			case woke = <-wake:
 			case <-timer.C:
 				break poll
 			case <-done: // shutting down: the device asks again, maybe elsewhere
@@ -209,15 +213,15 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request, p principal)
 	if err := decode(w, r, &patch, false); err != nil {
 		return err
 	}
-	stored, err := s.st.Device(r.Context(), d.ID)
+	stored, version, err := s.st.DeviceState(r.Context(), d.ID)
 	if err != nil {
 		return err
 	}
-	if stored.StateVersion != base || len(stored.State) == 0 {
+	if version != base || len(stored) == 0 {
 		return fmt.Errorf("the stored state is at version %d, not %d: send the whole state (PUT /v1/device/state); nothing was changed: %w",
-			stored.StateVersion, base, release.ErrConflict)
+			version, base, release.ErrConflict)
 	}
-	state, err := applyStatePatch(stored.State, patch)
+	state, err := applyStatePatch(stored, patch)
 	if err != nil {
 		return err
 	}

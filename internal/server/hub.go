@@ -16,8 +16,9 @@ type targetWatch interface {
 }
 
 // changesPage is how many target changes the hub reads at once; more than
-// that in one scan wakes every waiter instead (each checks its own device).
-const changesPage = 1000
+// that in one scan wakes every waiter instead (each then reads its own
+// device's version). A fleet-wide release to 10,000 devices fits in one.
+const changesPage = 20000
 
 // hub wakes the long polls of devices whose target changed. It follows the
 // store's target version: whenever it is kicked (a change on this replica,
@@ -28,6 +29,8 @@ const changesPage = 1000
 //
 // A waiter subscribes before it reads its device's target version, so a
 // change committed at any moment either shows in that read or wakes it.
+// A waiter woken for its own device's change is handed the version the hub
+// read, and need not read it again; woken with unknown (-1), it reads it.
 type hub struct {
 	st  targetWatch
 	log *slog.Logger
@@ -36,7 +39,7 @@ type hub struct {
 
 	mu      sync.Mutex
 	seen    int64 // versions up to this one were handled; -1 before the first scan
-	waiters map[string]map[chan struct{}]struct{}
+	waiters map[string]map[chan int64]struct{}
 	closed  chan struct{} // closed when run returns
 }
 
@@ -46,7 +49,7 @@ func newHub(st targetWatch, log *slog.Logger) *hub {
 		log:     log,
 		kicks:   make(chan struct{}, 1),
 		seen:    -1,
-		waiters: map[string]map[chan struct{}]struct{}{},
+		waiters: map[string]map[chan int64]struct{}{},
 		closed:  make(chan struct{}),
 	}
 }
@@ -60,14 +63,15 @@ func (h *hub) kick() {
 }
 
 // subscribe registers a waiter for a device. Its channel receives when the
-// device's target may have changed; done is closed when the hub stops.
+// device's target may have changed: the device's new target version, or
+// -1 when the hub does not know it; done is closed when the hub stops.
 // Call cancel when done waiting.
-func (h *hub) subscribe(deviceID string) (wake <-chan struct{}, done <-chan struct{}, cancel func()) {
-	ch := make(chan struct{}, 1)
+func (h *hub) subscribe(deviceID string) (wake <-chan int64, done <-chan struct{}, cancel func()) {
+	ch := make(chan int64, 1)
 	h.mu.Lock()
 	ws := h.waiters[deviceID]
 	if ws == nil {
-		ws = map[chan struct{}]struct{}{}
+		ws = map[chan int64]struct{}{}
 		h.waiters[deviceID] = ws
 	}
 	ws[ch] = struct{}{}
@@ -111,7 +115,7 @@ func (h *hub) scan(ctx context.Context) error {
 	h.mu.Unlock()
 	if seen < 0 {
 		// The first scan: whoever subscribed before it checks again.
-		h.wake(nil, latest)
+		h.wakeAll(latest)
 		return nil
 	}
 	if latest <= seen {
@@ -122,39 +126,50 @@ func (h *hub) scan(ctx context.Context) error {
 		return err
 	}
 	if len(cs) == changesPage {
-		h.wake(nil, max(latest, cs[len(cs)-1].Version))
+		h.wakeAll(max(latest, cs[len(cs)-1].Version))
 		return nil
 	}
-	ids := make([]string, len(cs))
-	for i, c := range cs {
-		ids[i] = c.DeviceID
-		latest = max(latest, c.Version)
-	}
-	h.wake(ids, latest)
+	h.wakeChanged(cs, latest)
 	return nil
 }
 
-// wake signals the waiters of the devices given (nil: of every device) and
-// records that versions up to seen were handled.
-func (h *hub) wake(devices []string, seen int64) {
+// wakeAll signals every waiter, the version unknown, and records that
+// versions up to seen were handled.
+func (h *hub) wakeAll(seen int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.seen = max(h.seen, seen)
-	signal := func(ws map[chan struct{}]struct{}) {
-		for ch := range ws {
-			select {
-			case ch <- struct{}{}:
-			default:
+	for _, ws := range h.waiters {
+		signal(ws, -1)
+	}
+}
+
+// wakeChanged signals the waiters of the devices changed, each with its
+// new version, and records that versions up to seen were handled.
+func (h *hub) wakeChanged(cs []store.TargetChange, seen int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range cs {
+		seen = max(seen, c.Version)
+		signal(h.waiters[c.DeviceID], c.Version)
+	}
+	h.seen = max(h.seen, seen)
+}
+
+// signal hands v to each waiter, replacing what it has not taken yet: the
+// hub is the only sender, and holds h.mu.
+func signal(ws map[chan int64]struct{}, v int64) {
+	for ch := range ws {
+		w := v
+		select {
+		case old := <-ch:
+			if old < 0 || w < 0 {
+				w = -1
+			} else {
+				w = max(w, old)
 			}
+		default:
 		}
-	}
-	if devices == nil {
-		for _, ws := range h.waiters {
-			signal(ws)
-		}
-		return
-	}
-	for _, id := range devices {
-		signal(h.waiters[id])
+		ch <- w
 	}
 }

@@ -274,6 +274,19 @@ func (db *DB) TouchDevices(ctx context.Context, ids []string) error {
 	})
 }
 
+// DeviceState implements Store.
+func (db *DB) DeviceState(ctx context.Context, id string) (json.RawMessage, int64, error) {
+	var state sql.NullString
+	var v int64
+	if err := db.r.QueryRowContext(ctx, "SELECT state, state_version FROM devices WHERE id = $1", id).Scan(&state, &v); err != nil {
+		return nil, 0, notFound(err, "state of device %s", id)
+	}
+	if !state.Valid {
+		return nil, v, nil
+	}
+	return json.RawMessage(state.String), v, nil
+}
+
 // SetDeviceState implements Store.
 func (db *DB) SetDeviceState(ctx context.Context, id string, state json.RawMessage, ifVersion int64) (int64, error) {
 	return setState(ctx, db.w, id, state, ifVersion, micros(db.now()))

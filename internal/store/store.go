@@ -163,6 +163,9 @@ type Store interface {
 	// (else ErrConflict), so that replicas applying diffs lose none. It
 	// returns the new state version.
 	SetDeviceState(ctx context.Context, id string, state json.RawMessage, ifVersion int64) (int64, error)
+	// DeviceState is a device's last reported state (nil if none) and its
+	// state version, in one read.
+	DeviceState(ctx context.Context, id string) (json.RawMessage, int64, error)
 	// SetDeviceStates stores several devices' reports in one transaction
 	// (one commit for many reports when many devices report at once). Each
 	// report gets its own result: its new state version, or ErrNotFound,

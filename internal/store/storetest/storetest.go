@@ -419,6 +419,14 @@ func testDeviceState(t *testing.T, s store.Store, _ *Clock) {
 	is(t, rs[1].Err, store.ErrConflict, "a batched report against a stale version")
 	is(t, rs[2].Err, store.ErrNotFound, "a batched report of nobody")
 	is(t, rs[3].Err, store.ErrInvalid, "a batched report not JSON")
+	if st, v, err := s.DeviceState(ctx, d.ID); err != nil || string(st) != `{"apps":{"a":{}}}` || v != rs[0].Version {
+		t.Errorf("DeviceState: %s at %d, %v", st, v, err)
+	}
+	_, _, err = s.DeviceState(ctx, "nobody")
+	is(t, err, store.ErrNotFound, "DeviceState of nobody")
+	if st, v, err := s.DeviceState(ctx, try(s.CreateDevice(ctx, lab.ID, "quiet", store.NewSecret("bd"))).must(t).ID); err != nil || st != nil || v != 0 {
+		t.Errorf("DeviceState of a device that never reported: %s at %d, %v", st, v, err)
+	}
 	if got := try(s.Device(ctx, d.ID)).must(t); string(got.State) != `{"apps":{"a":{}}}` || got.StateVersion != rs[0].Version {
 		t.Errorf("after the batch, r1: version %d, state %s", got.StateVersion, got.State)
 	}
