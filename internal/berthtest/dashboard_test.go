@@ -144,11 +144,12 @@ func TestDashboard(t *testing.T) {
 	}
 }
 
-// createRelease makes a release of app "app" from a Compose file with
-// `berth release create` (uploading its images) and returns its ID.
-func createRelease(t *testing.T, srv *Server, compose, version string) string {
+// createRelease makes a release of app "app" in fleet "lab" from a Compose
+// file with `berth release create` (uploading its images; more flags
+// after) and returns its ID.
+func createRelease(t *testing.T, srv *Server, compose, version string, flags ...string) string {
 	t.Helper()
-	out, err := srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", version, "--json")
+	out, err := srv.Berth(t, append([]string{"release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", version, "--json"}, flags...)...)
 	if err != nil {
 		t.Fatal(err, out)
 	}

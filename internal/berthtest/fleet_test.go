@@ -35,32 +35,23 @@ func TestFleetDevice(t *testing.T) {
 	}
 	compose := filepath.Join(t.TempDir(), "compose.yaml")
 	write(t, compose, strings.Replace(web(port, "1"), "${IMG_A}", tag, 1))
-	out, err := srv.Berth(t, "release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", "v1", "--json")
-	if err != nil {
-		t.Fatal(err, out)
-	}
-	var rel struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rel); err != nil || rel.ID == "" {
-		t.Fatalf("release create --json: %v\n%s", err, out)
-	}
+	relID := createRelease(t, srv, compose, "v1")
 	if out, err := docker("rmi", tag); err != nil {
 		t.Fatal(err, out)
 	}
 
 	robot := env.NewFleetDevice(t, srv.URL, key)
-	if out, err := srv.Berth(t, "release", "assign", rel.ID, "--fleet", "lab", "--all"); err != nil {
+	if out, err := srv.Berth(t, "release", "assign", relID, "--fleet", "lab", "--all"); err != nil {
 		t.Fatal(err, out)
 	}
 	a := robot.Await(t, "app", 90*time.Second, "the fleet release committed", func(a release.AppState) bool {
-		return a.FleetRelease == rel.ID && a.Phase == release.PhaseIdle
+		return a.FleetRelease == relID && a.Phase == release.PhaseIdle
 	})
 	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
 		t.Fatalf("fleet release answers %q (state %+v)", got, a)
 	}
 	awaitDevice(t, srv, robot, "online with the release", func(d fleetDevice) bool {
-		return d.Online && d.Apps["app"].FleetRelease == rel.ID
+		return d.Online && d.Apps["app"].FleetRelease == relID
 	})
 	fi, err := os.Stat(filepath.Join(robot.StateDir, "device.json"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
@@ -109,7 +100,7 @@ func TestFleetDevice(t *testing.T) {
 	})
 	awaitAnswer(t, port, "version=3\n")
 	robot.Await(t, "app", 60*time.Second, "back on the fleet release", func(a release.AppState) bool {
-		return a.FleetRelease == rel.ID && a.Override == nil && a.Phase == release.PhaseIdle
+		return a.FleetRelease == relID && a.Override == nil && a.Phase == release.PhaseIdle
 	})
 }
 

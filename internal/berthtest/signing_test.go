@@ -1,7 +1,6 @@
 package berthtest
 
 import (
-	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,20 +38,11 @@ func TestFleetDeviceRefusesUnsigned(t *testing.T) {
 		t.Helper()
 		compose := filepath.Join(t.TempDir(), "compose.yaml")
 		write(t, compose, strings.Replace(web(port, v), "${IMG_A}", env.Images["a"], 1))
-		out, err := srv.Berth(t, append([]string{"release", "create", "-f", compose, "--fleet", "lab", "--app", "app", "--version", v, "--json"}, flags...)...)
-		if err != nil {
+		id := createRelease(t, srv, compose, v, flags...)
+		if out, err := srv.Berth(t, "release", "assign", id, "--fleet", "lab", "--all"); err != nil {
 			t.Fatal(err, out)
 		}
-		var rel struct {
-			ID string `json:"id"`
-		}
-		if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rel); err != nil || rel.ID == "" {
-			t.Fatalf("release create --json: %v\n%s", err, out)
-		}
-		if out, err := srv.Berth(t, "release", "assign", rel.ID, "--fleet", "lab", "--all"); err != nil {
-			t.Fatal(err, out)
-		}
-		return rel.ID
+		return id
 	}
 
 	robot := env.NewFleetDevice(t, srv.URL, key, "--trusted-key", pub)

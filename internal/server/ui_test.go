@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -318,27 +316,7 @@ func liveEvent(t *testing.T, b *browser, path, want string) {
 
 // TestUIDocs: docs/api.md documents every dashboard route with its role.
 func TestUIDocs(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "api.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(nil, server.Options{})
-	for _, r := range s.UIRoutes() {
-		method, path, _ := strings.Cut(r.Pattern, " ")
-		re := regexp.MustCompile(`(?m)^#+ .*` + regexp.QuoteMeta(method+" "+path) + "`")
-		loc := re.FindIndex(doc)
-		if loc == nil {
-			t.Errorf("docs/api.md has no heading for %s %s", method, path)
-			continue
-		}
-		section := doc[loc[1]:]
-		if next := regexp.MustCompile(`(?m)^#`).FindIndex(section); next != nil {
-			section = section[:next[0]]
-		}
-		if !strings.Contains(string(section), "Role: "+r.Access) {
-			t.Errorf("docs/api.md: %s %s does not say \"Role: %s\"", method, path, r.Access)
-		}
-	}
+	documented(t, server.New(nil, server.Options{}).UIRoutes())
 }
 
 // TestUILogs: the device page's log stream sends the lines stored after
