@@ -144,3 +144,51 @@ func awaitAnswer(t *testing.T, port, want string) {
 	}
 	t.Fatalf("the app answers %q, want %q", got, want)
 }
+
+// TestFleetTargetBackMidSwitch: the target goes to v2 and, while the
+// device is still switching to it, back to v1 (a rollout aborted at that
+// moment). The device ends on v1: the switch to v2 finishes (it is never
+// cut short), and the device then returns to what its target says,
+// rather than taking the target back to the release still running for
+// "already done" while the switch away from it commits.
+func TestFleetTargetBackMidSwitch(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	srv := env.NewServer(t)
+	port := FreePort(t)
+	key := srv.CreateFleet(t, "lab")
+	newRelease := func(v string) string {
+		compose := filepath.Join(t.TempDir(), "compose.yaml")
+		write(t, compose, strings.Replace(web(port, v), "${IMG_A}", env.Images["a"], 1))
+		return createRelease(t, srv, compose, "v"+v)
+	}
+	assign := func(id string) {
+		t.Helper()
+		if out, err := srv.Berth(t, "release", "assign", id, "--fleet", "lab", "--all"); err != nil {
+			t.Fatal(err, out)
+		}
+	}
+	v1, v2 := newRelease("1"), newRelease("2")
+	robot := env.NewFleetDevice(t, srv.URL, key)
+	assign(v1)
+	robot.Await(t, "app", 90*time.Second, "v1 committed", func(a release.AppState) bool {
+		return a.FleetRelease == v1 && a.Phase == release.PhaseIdle
+	})
+
+	assign(v2)
+	robot.Await(t, "app", 60*time.Second, "the switch to v2 under way", func(a release.AppState) bool {
+		return a.Phase != release.PhaseIdle
+	})
+	assign(v1)
+	a := robot.Await(t, "app", 90*time.Second, "back on v1", func(a release.AppState) bool {
+		return a.FleetRelease == v1 && a.Phase == release.PhaseIdle
+	})
+	// And it stays there: nothing left over switches it again.
+	time.Sleep(8 * time.Second)
+	if got := robot.State(t).Apps["app"]; got.FleetRelease != v1 || got.Release != a.Release {
+		t.Fatalf("after settling: fleet release %s, release %s; want v1 (%s), release %s", got.FleetRelease, got.Release, v1, a.Release)
+	}
+	if got, _ := Get("http://127.0.0.1:" + port + "/"); got != "version=1\n" {
+		t.Fatalf("the app answers %q, want version=1", got)
+	}
+}
