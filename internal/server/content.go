@@ -47,7 +47,8 @@ import (
 // the store, and the store keeps an index only once all its pieces are
 // there: a registered image can be rebuilt byte for byte.
 type Content struct {
-	store *content.Store
+	store   *content.Store
+	indexes *transfer.IndexCache // decoded layer indexes, for devices' questions
 	dir   string
 
 	mu     sync.Mutex
@@ -63,6 +64,17 @@ type imageEntry struct {
 	chains  []string
 }
 
+// indexCacheSize is how many decoded layer indexes the server keeps: a
+// release's layers and the layers devices hold as delta bases (an index
+// holds 32 bytes per ~64 KiB piece plus each file's header: about 1 MB for
+// a 1 GB layer of large files, far less for most).
+const indexCacheSize = 256
+
+// source answers devices' questions from the content store.
+func (c *Content) source() transfer.Server {
+	return transfer.Server{Store: c.store, Indexes: c.indexes}
+}
+
 // OpenContent opens (creating if needed) the content kept in dir.
 func OpenContent(dir string) (*Content, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o700); err != nil {
@@ -72,7 +84,7 @@ func OpenContent(dir string) (*Content, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Content{store: st, dir: dir, images: map[string]*imageEntry{}}
+	c := &Content{store: st, dir: dir, images: map[string]*imageEntry{}, indexes: transfer.NewIndexCache(indexCacheSize)}
 	if err := c.openRegistry(); err != nil {
 		st.Close()
 		return nil, err

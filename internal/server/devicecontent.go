@@ -286,7 +286,7 @@ func (s *Server) deviceImage(w http.ResponseWriter, r *http.Request, p principal
 	} else if img == nil {
 		return fmt.Errorf("image %s of this device's target has not been uploaded to the server (berth release create uploads images; a release made with \"content\": \"external\" expects devices to get them elsewhere): %w", release.ShortID(id), release.ErrNotFound)
 	}
-	cfg, err := transfer.Server{Store: c.store}.Config(id)
+	cfg, err := c.source().Config(id)
 	if err != nil {
 		return err
 	}
@@ -311,7 +311,7 @@ func (s *Server) deviceLayer(w http.ResponseWriter, r *http.Request, p principal
 	if err != nil {
 		return err
 	}
-	body, base, err := transfer.Server{Store: c.store}.Index(layer, bases)
+	body, base, err := c.source().Index(layer, bases)
 	if err != nil {
 		return err
 	}
@@ -351,7 +351,7 @@ func (s *Server) devicePieces(w http.ResponseWriter, r *http.Request, p principa
 	case <-r.Context().Done():
 		return r.Context().Err()
 	}
-	batch, err := transfer.Server{Store: c.store}.Pieces(layer, q, bases)
+	batch, err := c.source().Pieces(layer, q, bases)
 	if err != nil {
 		return err
 	}

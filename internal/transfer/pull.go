@@ -37,6 +37,8 @@ type Source interface {
 // server's side. The caller checks that whoever asks may read what it names.
 type Server struct {
 	Store *content.Store
+	// Indexes, if set, keeps decoded layer indexes between questions.
+	Indexes *IndexCache
 }
 
 // maxBases bounds the layers a request may name as delta bases.
@@ -49,7 +51,7 @@ func (s Server) bases(names []string) []*content.Index {
 			break
 		}
 		if d, err := content.ParseDigest(n); err == nil {
-			if ix, err := s.Store.Index(d); err == nil {
+			if ix, err := s.Indexes.get(s.Store, d); err == nil {
 				out = append(out, ix)
 			}
 		}
@@ -72,7 +74,7 @@ func (s Server) Index(diffID string, bases []string) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	ix, err := s.Store.Index(d)
+	ix, err := s.Indexes.get(s.Store, d)
 	if err != nil {
 		return nil, "", err
 	}
@@ -87,7 +89,7 @@ func (s Server) Pieces(layer string, digests []byte, bases []string) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	ix, err := s.Store.Index(d)
+	ix, err := s.Indexes.get(s.Store, d)
 	if err != nil {
 		return nil, err
 	}

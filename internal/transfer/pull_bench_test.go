@@ -34,3 +34,28 @@ func BenchmarkPiecesEncoder(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkIndexLookup: a layer's index for a device's question, read from
+// the store each time (as the server once did) and from the cache.
+func BenchmarkIndexLookup(b *testing.B) {
+	st := openStore(b)
+	serverImage(b, st, layer(b, 300, -1))
+	d := mustLayers(b, st)[0]
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := st.Index(d); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cache", func(b *testing.B) {
+		b.ReportAllocs()
+		c := NewIndexCache(16)
+		for b.Loop() {
+			if _, err := c.get(st, d); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -46,7 +46,7 @@ func (l *localSource) Pieces(_ context.Context, layer string, q []byte, bases []
 
 // serverImage puts a one-layer image into the server's store, as an upload
 // would, and returns its ID.
-func serverImage(t *testing.T, st *content.Store, tarball []byte) string {
+func serverImage(t testing.TB, st *content.Store, tarball []byte) string {
 	t.Helper()
 	ix, err := content.Split(bytes.NewReader(tarball), st.Put)
 	if err != nil {
@@ -62,7 +62,7 @@ func serverImage(t *testing.T, st *content.Store, tarball []byte) string {
 	return "sha256:" + content.Sum(cfg).Hex()
 }
 
-func openStore(t *testing.T) *content.Store {
+func openStore(t testing.TB) *content.Store {
 	t.Helper()
 	s, err := content.Open(t.TempDir())
 	if err != nil {
@@ -76,8 +76,13 @@ func openStore(t *testing.T) *content.Store {
 // batch is refused and the next try fetches what is left; a device cannot
 // ask for pieces outside the layer it names.
 func TestPull(t *testing.T) {
+	t.Run("no index cache", func(t *testing.T) { testPull(t, nil) })
+	t.Run("an index cache of 1", func(t *testing.T) { testPull(t, NewIndexCache(1)) })
+}
+
+func testPull(t *testing.T, cache *IndexCache) {
 	server, device := openStore(t), openStore(t)
-	src := &localSource{Server: Server{Store: server}}
+	src := &localSource{Server: Server{Store: server, Indexes: cache}}
 	none := func(string) bool { return false }
 
 	v1 := serverImage(t, server, layer(t, 300, -1))
@@ -129,4 +134,42 @@ func hasPiece(ix *content.Index, d content.Digest) bool {
 		}
 	}
 	return false
+}
+
+// TestIndexCache: a hit is the same decoded index; the least recently used
+// goes first; a layer the store lacks is an error, and not kept.
+func TestIndexCache(t *testing.T) {
+	st := openStore(t)
+	serverImage(t, st, layer(t, 3, -1))
+	serverImage(t, st, layer(t, 4, -1))
+	serverImage(t, st, layer(t, 5, -1))
+	ds := mustLayers(t, st)
+	c := NewIndexCache(2)
+	get := func(d content.Digest) *content.Index {
+		t.Helper()
+		ix, err := c.get(st, d)
+		if err != nil || ix.DiffID != d {
+			t.Fatalf("get %s: %v", d, err)
+		}
+		return ix
+	}
+	a := get(ds[0])
+	if get(ds[0]) != a {
+		t.Error("a second get decoded the index again")
+	}
+	get(ds[1])
+	get(ds[0]) // ds[1] is now the least recently used
+	get(ds[2])
+	if _, ok := c.byID[ds[1]]; ok || len(c.byID) != 2 || c.order.Len() != 2 {
+		t.Errorf("after a third layer: kept %d (%d in order), the least recently used still there: %v", len(c.byID), c.order.Len(), ok)
+	}
+	if get(ds[0]) != a {
+		t.Error("the most recently used was dropped")
+	}
+	if _, err := c.get(st, content.Sum([]byte("no such layer"))); !errors.Is(err, release.ErrNotFound) {
+		t.Errorf("a missing layer: %v", err)
+	}
+	if len(c.byID) != 2 {
+		t.Errorf("a missing layer was kept: %d entries", len(c.byID))
+	}
 }

@@ -51,7 +51,7 @@ func (d *storeDevice) Load(context.Context, localapi.LoadRequest) (*localapi.Loa
 }
 
 // layer makes a tar of n files of random text; edit changes file k.
-func layer(t *testing.T, n, k int) []byte {
+func layer(t testing.TB, n, k int) []byte {
 	t.Helper()
 	rng := rand.New(rand.NewSource(1))
 	var b bytes.Buffer
@@ -141,7 +141,7 @@ func TestAskOnlyAboutUnknownPieces(t *testing.T) {
 	}
 }
 
-func mustLayers(t *testing.T, s *content.Store) []content.Digest {
+func mustLayers(t testing.TB, s *content.Store) []content.Digest {
 	t.Helper()
 	ls, err := s.Layers()
 	if err != nil {
