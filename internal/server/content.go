@@ -49,7 +49,7 @@ import (
 type Content struct {
 	store   *content.Store
 	indexes *transfer.IndexCache // decoded layer indexes, for devices' questions
-	dir   string
+	dir     string
 
 	mu     sync.Mutex
 	images map[string]*imageEntry // registered images read so far, by ID
