@@ -212,9 +212,13 @@ func (s *Server) renderBody(w http.ResponseWriter, name string, pg uiPage) error
 // livePage serves a page whose "live" section follows the store: a plain
 // GET renders the page; with Accept: text/event-stream (the page's script
 // asks so) it sends the section again, as a "live" event, whenever what
-// it shows changed, reading every uiLiveInterval.
+// it shows changed, reading every uiLiveInterval — or, on a fleet so big
+// that reading and rendering the section takes longer than a tenth of
+// that, ten times as long as the last read took, so that an open page
+// never costs the server more than a tenth of a core.
 func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, name, title string, build func(ctx context.Context) (any, error), fill func(*uiPage)) error {
 	ctx := r.Context()
+	start := time.Now()
 	data, err := build(ctx)
 	if err != nil {
 		return err
@@ -231,8 +235,7 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	var last [32]byte
-	tick := time.NewTicker(uiLiveInterval)
-	defer tick.Stop()
+	took := time.Since(start)
 	keepAlive := time.Now()
 	for {
 		var buf bytes.Buffer
@@ -258,12 +261,15 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 			return nil
 		case <-s.logs.closed: // the server is shutting down
 			return nil
-		case <-tick.C:
+		case <-time.After(max(uiLiveInterval, 10*took)):
 		}
 		if _, err := s.uiSession(r); err != nil {
 			return nil // logged out, or the token is gone: no more news
 		}
-		if pg.Data, err = build(ctx); err != nil {
+		t0 := time.Now()
+		pg.Data, err = build(ctx)
+		took = time.Since(t0)
+		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("dashboard: live section", "page", name, "error", err)
 			}
