@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 )
 
@@ -75,4 +76,44 @@ func (g *groupCommit[T, R]) do(ctx context.Context, item T) R {
 	}
 	g.mu.Unlock()
 	return c.res
+}
+
+// stateCache keeps devices' last stored states, up to maxCachedStates of
+// them (then one goes, whichever, for each new one).
+type stateCache struct {
+	mu sync.Mutex
+	m  map[string]cachedState
+}
+
+type cachedState struct {
+	version int64
+	state   json.RawMessage
+}
+
+const maxCachedStates = 100_000
+
+// get returns the device's state if the cache holds it at version v.
+func (c *stateCache) get(device string, v int64) (json.RawMessage, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[device]
+	if !ok || e.version != v {
+		return nil, false
+	}
+	return e.state, true
+}
+
+func (c *stateCache) put(device string, v int64, state json.RawMessage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]cachedState{}
+	}
+	if _, ok := c.m[device]; !ok && len(c.m) >= maxCachedStates {
+		for k := range c.m {
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[device] = cachedState{version: v, state: state}
 }

@@ -213,9 +213,13 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request, p principal)
 	if err := decode(w, r, &patch, false); err != nil {
 		return err
 	}
-	stored, version, err := s.st.DeviceState(r.Context(), d.ID)
-	if err != nil {
-		return err
+	stored, ok := s.lastStates.get(d.ID, base)
+	version := base
+	if !ok {
+		var err error
+		if stored, version, err = s.st.DeviceState(r.Context(), d.ID); err != nil {
+			return err
+		}
 	}
 	if version != base || len(stored) == 0 {
 		return fmt.Errorf("the stored state is at version %d, not %d: send the whole state (PUT /v1/device/state); nothing was changed: %w",
@@ -253,6 +257,7 @@ func (s *Server) storeState(w http.ResponseWriter, r *http.Request, d store.Devi
 	if res.Err != nil {
 		return res.Err
 	}
+	s.lastStates.put(d.ID, res.Version, state)
 	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: res.Version})
 	return nil
 }

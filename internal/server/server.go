@@ -73,6 +73,9 @@ type Server struct {
 	// Devices' writes, grouped into one transaction when many come at once.
 	touches     *groupCommit[string, error]
 	stateWrites *groupCommit[store.StateReport, store.StateResult]
+	// lastStates is each device's last state this replica stored, so that
+	// a patch against it needs no read (the write checks the version).
+	lastStates stateCache
 
 	seen   throttle // devices' last_seen writes, at most one per PollInterval/3
 	used   throttle // tokens' last_used writes, at most one a minute
