@@ -134,3 +134,59 @@ func (b *buildFlags) options(ctx context.Context, eng *engine.Client, out io.Wri
 	}
 	return o, nil
 }
+
+// buildStale builds, before a deploy or a release, the images of p's
+// services with build: that are stale for the platform os/arch ("" is the
+// local engine's), and points p's spec at them. Progress goes to out.
+func buildStale(ctx context.Context, p *compose.Project, files []string, version string, bf buildFlags, platform string, out io.Writer) error {
+	if len(p.Builds) == 0 {
+		return nil
+	}
+	v, err := buildVersion(ctx, files, version)
+	if err != nil {
+		return err
+	}
+	plan, err := build.NewPlan(p, v)
+	if err != nil {
+		return err
+	}
+	plan.Pin(p.Spec)
+	if bf.noBuild {
+		return nil
+	}
+	eng, err := engine.New(ctx, "", "berth-cli")
+	if err != nil {
+		return fmt.Errorf("build the images of %s: %w (--no-build deploys images built before)", p.App, err)
+	}
+	defer eng.Close()
+	if platform != "" {
+		if info, err := eng.Info(ctx); err == nil && "linux/"+info.Arch == platform {
+			platform = "" // the engine's own: no platform to ask the classic builder for
+		}
+	}
+	stale := *plan
+	stale.Targets = nil
+	for _, t := range plan.Targets {
+		if build.Stale(ctx, eng, plan, t, platform) {
+			stale.Targets = append(stale.Targets, t)
+		}
+	}
+	if len(stale.Targets) == 0 {
+		fmt.Fprintf(out, "images of %s %s are up to date\n", p.App, v.Describe)
+		return nil
+	}
+	o, err := bf.options(ctx, eng, out)
+	if err != nil {
+		return err
+	}
+	o.Platform = platform
+	var names []string
+	for _, t := range stale.Targets {
+		names = append(names, t.Service)
+	}
+	fmt.Fprintf(out, "building %s of %s %s\n", strings.Join(names, ", "), p.App, v.Describe)
+	if _, err := build.Run(ctx, eng, &stale, o); err != nil {
+		return fmt.Errorf("%w; nothing was deployed", err)
+	}
+	return nil
+}
