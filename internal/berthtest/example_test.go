@@ -14,8 +14,9 @@ import (
 // TestRobotExampleFromClone runs examples/robot/README.md in a fresh clone:
 // berth install to a robot over SSH, then berth deploy, which builds the
 // three images from source first (offline, on the local Go image); the web
-// UI answers through the planner and the sensor. An edit deploys again,
-// building only what changed and sending only the changed bytes; rollback
+// UI answers through the planner and the sensor. An edit deploys again as
+// a -dirty version (every image is rebuilt: the version is baked into each
+// binary; here the robot shares the engine, so nothing is sent); rollback
 // returns to the first release.
 func TestRobotExampleFromClone(t *testing.T) {
 	t.Parallel()
@@ -57,7 +58,7 @@ func TestRobotExampleFromClone(t *testing.T) {
 	page := awaitPage(t, "http://127.0.0.1:"+port+"/", "m/s")
 	Contains(t, page, "planner ", "sensor ")
 
-	// edit the planner, deploy again: only its image is rebuilt and sent
+	// edit the planner, deploy again
 	p := filepath.Join(clone, "examples", "robot", "planner", "main.go")
 	src, err := os.ReadFile(p)
 	if err != nil {
@@ -71,11 +72,7 @@ func TestRobotExampleFromClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = berth("deploy", "-f", "examples/robot/compose.yaml", "--app", app, "--local-go-image")
-	Contains(t, out, "-dirty", "is running", "send:")
-	if !strings.Contains(out, "planner") {
-		t.Errorf("second deploy does not mention the planner:\n%s", out)
-	}
-	t.Logf("second deploy:\n%s", out)
+	Contains(t, out, "-dirty: 3 built, 0 failed", "is running")
 	awaitPage(t, "http://127.0.0.1:"+port+"/", "-dirty")
 
 	out = berth("rollback", "--app", app)
