@@ -29,16 +29,17 @@ func TestRobotExampleFromClone(t *testing.T) {
 	if out, err := exec.Command("git", "clone", "-q", root, clone).CombinedOutput(); err != nil {
 		t.Fatalf("git clone: %v\n%s", err, out)
 	}
-	sshd := env.NewSSHD(t)
-	in, _ := env.Install(t, sshd)
 	app := "berthtest-robot-" + randomID()
-	port := FreePort(t)
+	// after the uninstall (cleanups run last first), when no container uses them
 	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "images", "-q", "--filter", "reference="+app+"-*").Output()
-		if ids := strings.Fields(string(out)); len(ids) > 0 {
-			_ = exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+		out, _ := exec.Command("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference="+app+"-*").Output()
+		if refs := strings.Fields(string(out)); len(refs) > 0 {
+			_ = exec.Command("docker", append([]string{"rmi", "-f"}, refs...)...).Run()
 		}
 	})
+	sshd := env.NewSSHD(t)
+	in, _ := env.Install(t, sshd)
+	port := FreePort(t)
 	berth := func(args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
