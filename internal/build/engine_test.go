@@ -274,3 +274,28 @@ COPY token.txt /token
 		t.Fatalf("a build secret: %v, want ErrSecrets", err)
 	}
 }
+
+// TestOffline: what the quickstart calls builds the example and points the
+// spec at the images it tagged.
+func TestOffline(t *testing.T) {
+	eng := newEngine(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	app := "berthtest-offline-" + randomID(t)
+	p, res, err := Offline(ctx, eng, "../../examples/robot/compose.yaml", compose.Options{ProjectName: app, Env: map[string]string{}}, nil)
+	for _, r := range res {
+		removeImages(t, eng, r.Image)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"sensor", "planner", "web"} {
+		img := p.Spec.Services[s].Image
+		if !strings.HasPrefix(img, app+"-"+s+":") {
+			t.Errorf("%s runs %q", s, img)
+		}
+		if _, err := eng.Image(ctx, img); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}
