@@ -217,8 +217,8 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	start := time.Now()
 	r := Result{Service: t.Service, Image: t.Tag}
 	line := func(l string) {
-		if strings.TrimSpace(l) == "" {
-			return
+		if strings.TrimSpace(l) == "" || l == "[Warning] One or more build-args ["+ArgVersion+"] were not consumed" {
+			return // berth's own arg, offered to every Dockerfile
 		}
 		r.Log = append(r.Log, l)
 		say(t.Service, l)
