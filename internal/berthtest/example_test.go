@@ -82,6 +82,20 @@ func TestRobotExampleFromClone(t *testing.T) {
 	if strings.Contains(page, "-dirty") {
 		t.Errorf("after rollback the UI still shows the edited version:\n%s", page)
 	}
+
+	// uninstall removes the app but keeps its calibration volume
+	out = berth(append([]string{"uninstall"}, in.flags[:8]...)...)
+	Contains(t, out, "removed app "+app+" (its volumes kept)", "berthd is uninstalled")
+	vols, err := exec.Command("docker", "volume", "ls", "-q", "--filter", "name=."+app+".calibration").Output()
+	if err != nil || !strings.Contains(string(vols), app+".calibration") {
+		t.Fatalf("the calibration volume did not survive the uninstall: %v %q", err, vols)
+	}
+	for _, v := range strings.Fields(string(vols)) {
+		_ = exec.Command("docker", "volume", "rm", v).Run()
+	}
+	if ps, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app="+app).Output(); len(strings.TrimSpace(string(ps))) > 0 {
+		t.Errorf("containers of %s after uninstall: %s", app, ps)
+	}
 }
 
 // awaitPage polls url until its body contains want.
