@@ -137,13 +137,19 @@ func Stale(ctx context.Context, eng Engine, plan *Plan, t Target, platform strin
 		return true
 	}
 	if platform != "" {
-		os, arch, _ := strings.Cut(platform, "/")
-		arch, _, _ = strings.Cut(arch, "/")
-		if info.OS != os || info.Arch != arch {
+		goos, arch := splitPlatform(platform)
+		if info.OS != goos || info.Arch != arch {
 			return true
 		}
 	}
 	return false
+}
+
+// splitPlatform splits os/arch[/variant] into os and arch.
+func splitPlatform(p string) (goos, arch string) {
+	goos, arch, _ = strings.Cut(p, "/")
+	arch, _, _ = strings.Cut(arch, "/")
+	return goos, arch
 }
 
 // Run builds the plan's targets in parallel, all of them even when one
@@ -266,9 +272,7 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 		if err != nil {
 			return fail(err)
 		}
-		os, arch, _ := strings.Cut(o.Platform, "/")
-		arch, _, _ = strings.Cut(arch, "/")
-		if info.OS != os || info.Arch != arch {
+		if goos, arch := splitPlatform(o.Platform); info.OS != goos || info.Arch != arch {
 			return fail(fmt.Errorf("built for %s/%s, but the robot is %s: give the Dockerfile's FROM images for %s", info.OS, info.Arch, o.Platform, o.Platform))
 		}
 	}

@@ -97,13 +97,11 @@ func contextTar(w io.Writer, dir, dockerfile string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	dfRel := dockerfileInTar(dir, dockerfile)
+	outside := strings.HasPrefix(dfRel, ".berth-dockerfile-")
 	dfAbs := dockerfile
 	if !filepath.IsAbs(dfAbs) {
 		dfAbs = filepath.Join(dir, dockerfile)
-	}
-	dfRel, err := filepath.Rel(dir, dfAbs)
-	if err != nil || strings.HasPrefix(dfRel, "..") {
-		dfRel = ""
 	}
 	tw := tar.NewWriter(w)
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -115,7 +113,7 @@ func contextTar(w io.Writer, dir, dockerfile string) (string, error) {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		always := rel == ".dockerignore" || rel == filepath.ToSlash(dfRel)
+		always := rel == ".dockerignore" || (!outside && rel == dfRel)
 		if !always && ignored(rules, rel) {
 			if d.IsDir() && !hasNegation(rules) {
 				return filepath.SkipDir
@@ -161,13 +159,11 @@ func contextTar(w io.Writer, dir, dockerfile string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("build context %s: %w", dir, err)
 	}
-	if dfRel == "" {
+	if outside {
 		b, err := os.ReadFile(dfAbs)
 		if err != nil {
 			return "", fmt.Errorf("dockerfile: %w", err)
 		}
-		sum := sha256.Sum256(b)
-		dfRel = ".berth-dockerfile-" + hex.EncodeToString(sum[:6])
 		if err := tw.WriteHeader(&tar.Header{Name: dfRel, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
 			return "", err
 		}
@@ -177,7 +173,7 @@ func contextTar(w io.Writer, dir, dockerfile string) (string, error) {
 	} else if _, err := os.Stat(dfAbs); err != nil {
 		return "", fmt.Errorf("dockerfile: %w", err)
 	}
-	return filepath.ToSlash(dfRel), tw.Close()
+	return dfRel, tw.Close()
 }
 
 func hasNegation(rules []ignoreRule) bool {

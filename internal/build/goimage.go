@@ -46,9 +46,10 @@ func LocalGoImage(ctx context.Context, eng Importer) (string, error) {
 	if _, err := eng.Image(ctx, ref); err == nil {
 		return ref, nil
 	}
-	goroot := runtime.GOROOT()
-	if out, err := exec.CommandContext(ctx, "go", "env", "GOROOT").Output(); err == nil && strings.TrimSpace(string(out)) != "" {
-		goroot = strings.TrimSpace(string(out))
+	out, err := exec.CommandContext(ctx, "go", "env", "GOROOT").Output()
+	goroot := strings.TrimSpace(string(out))
+	if err != nil || goroot == "" {
+		return "", fmt.Errorf("make %s: where is the Go toolchain? go env GOROOT: %v", ref, err)
 	}
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
