@@ -46,6 +46,14 @@ func LocalGoImage(ctx context.Context, eng Importer) (string, error) {
 	if _, err := eng.Image(ctx, ref); err == nil {
 		return ref, nil
 	}
+	unlock, err := lockMachine("berth-local-golang")
+	if err != nil {
+		return "", fmt.Errorf("make %s: %w", ref, err)
+	}
+	defer unlock()
+	if _, err := eng.Image(ctx, ref); err == nil {
+		return ref, nil // another berth made it meanwhile
+	}
 	out, err := exec.CommandContext(ctx, "go", "env", "GOROOT").Output()
 	goroot := strings.TrimSpace(string(out))
 	if err != nil || goroot == "" {
