@@ -47,7 +47,12 @@ func (e *Env) Install(t testing.TB, sshd *SSHD) (*Installed, string) {
 		if out, err := in.Berth(t, append([]string{"uninstall", "--volumes"}, in.flags[:8]...)...); err != nil {
 			t.Errorf("berth uninstall: %v\n%s", err, out)
 		}
-		_ = exec.Command("groupdel", group).Run()
+		for i := 0; i < 20 && exec.Command("groupdel", group).Run() != nil; i++ {
+			if exec.Command("getent", "group", group).Run() != nil {
+				break // gone
+			}
+			time.Sleep(250 * time.Millisecond) // /etc/group locked by a parallel test
+		}
 	})
 	return in, out
 }

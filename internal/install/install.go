@@ -223,7 +223,11 @@ func Install(ctx context.Context, r Runner, o Options) (*Result, error) {
 	}
 
 	// the group for the socket
-	out, err := s.run(ctx, "getent group "+q(o.Group)+" >/dev/null 2>&1 && echo have || { (groupadd --system "+q(o.Group)+" || addgroup -S "+q(o.Group)+") >/dev/null && echo made; }", nil)
+	// groupadd fails at once while another tool holds /etc/group's lock: retry
+	g := q(o.Group)
+	out, err := s.run(ctx, "if getent group "+g+" >/dev/null 2>&1; then echo have; else "+
+		"for i in $(seq 20); do (groupadd --system "+g+" || addgroup -S "+g+") >/dev/null 2>&1 && break; sleep 0.25; done; "+
+		"getent group "+g+" >/dev/null 2>&1 && echo made || { echo cannot make the group "+g+" >&2; exit 1; }; fi", nil)
 	if err != nil {
 		return res, fmt.Errorf("group %s: %w", o.Group, err)
 	}
