@@ -32,6 +32,7 @@ type deployFlags struct {
 	profiles    []string
 	noPush      bool
 	acceptNew   bool
+	build       buildFlags
 }
 
 func newDeploy(string) *cobra.Command {
@@ -43,7 +44,9 @@ func newDeploy(string) *cobra.Command {
 follows the switch: wait for update locks, switch each service by its update
 strategy, verify health, then commit, or roll back to the running release.
 It exits 0 once the release is committed and non-zero with the reason when it
-was refused or rolled back. The images must already be in the device's engine.`,
+was refused or rolled back. Services with a build: section are built first
+when their image is stale (see berth build), for the device's platform; the
+images are sent to the device unless it has them.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.acceptNew = acceptNewHostKey(c)
@@ -59,6 +62,7 @@ was refused or rolled back. The images must already be in the device's engine.`,
 	c.Flags().StringSliceVar(&f.profiles, "profile", nil, "Compose profiles to enable")
 	c.Flags().BoolVar(&f.json, "json", false, "print a JSON summary instead of progress")
 	c.Flags().BoolVar(&f.noPush, "no-push", false, "do not send images from the local engine; the device must have them")
+	f.build.add(c, true)
 	addTarget(c, &f.to)
 	return c
 }
@@ -78,10 +82,12 @@ type deployResult struct {
 
 func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 	start := time.Now()
-	app, spec, err := compose.Load(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
+	p, err := compose.LoadProject(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
 	if err != nil {
 		return err
 	}
+	app, spec := p.App, p.Spec
+	imageVersion := f.version // "" tags built images by git describe, with its dirty check
 	if f.version == "" {
 		f.version = gitVersion(filepath.Dir(f.files[0]))
 	}
@@ -90,6 +96,23 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 		return err
 	}
 	defer cl.Close()
+	if len(p.Builds) > 0 {
+		platform := ""
+		if !f.build.noBuild {
+			info, err := cl.ContentInfo(ctx)
+			if err != nil {
+				return fmt.Errorf("ask %s for its platform: %w", f.to, err)
+			}
+			platform = info.OS + "/" + info.Arch
+		}
+		log := out
+		if f.json {
+			log = io.Discard
+		}
+		if err := buildStale(ctx, p, f.files, imageVersion, f.build, platform, log); err != nil {
+			return err
+		}
+	}
 	var moved []pushResult
 	if !f.noPush {
 		var images []string

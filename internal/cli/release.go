@@ -42,12 +42,14 @@ func newRelease() *cobra.Command {
 	var files, profiles []string
 	var app, version string
 	var noUpload bool
+	var bf buildFlags
 	var signKey string
 	create := &cobra.Command{
 		Use:   "create -f compose.yaml --fleet FLEET [--app NAME] [--version V] [--no-upload] [--json]",
 		Short: "Upload an app's images and make a release of it from a Compose file in a fleet",
 		Long: `create reads the Compose file(s) as berth deploy does, uploads the services'
-images from the local Docker Engine to the server, and stores the release in
+images from the local Docker Engine to the server (services with a build:
+section are built first when their image is stale, as berth build does), and stores the release in
 the fleet with every image pinned to the ID uploaded: immutable, its ID the
 digest of its app, version and spec, so the same file, images and version
 always make the same release (creating it again changes nothing). The version
@@ -67,8 +69,12 @@ berth release assign ID --fleet FLEET --all.`,
 				return err
 			}
 			ctx := c.Context()
-			name, spec, err := compose.Load(ctx, files, compose.Options{ProjectName: app, Profiles: profiles})
+			p, err := compose.LoadProject(ctx, files, compose.Options{ProjectName: app, Profiles: profiles})
 			if err != nil {
+				return err
+			}
+			name, spec := p.App, p.Spec
+			if err := buildStale(ctx, p, files, version, bf, bf.platform, c.ErrOrStderr()); err != nil {
 				return err
 			}
 			if version == "" {
@@ -124,6 +130,8 @@ berth release assign ID --fleet FLEET --all.`,
 	create.Flags().StringSliceVar(&profiles, "profile", nil, "Compose profiles to enable")
 	create.Flags().StringVar(&signKey, "sign-key", "", "sign the release with this private key (berth keys generate; env BERTH_SIGN_KEY); required by fleets with signing keys")
 	create.Flags().BoolVar(&noUpload, "no-upload", false, "do not upload images; record them by reference (devices must get them another way)")
+	create.Flags().StringVar(&bf.platform, "platform", "", "build services with build: for os/arch[/variant] (default: the local engine's)")
+	bf.add(create, true)
 	create.Flags().BoolVar(&asJSON, "json", false, "print the release as JSON (with \"id\", and the upload under \"upload\")")
 
 	var limit int

@@ -40,21 +40,68 @@ type Options struct {
 
 // Load reads the Compose files (later files override earlier ones, as docker
 // compose does) and returns the app name and normalized spec. Every error
-// about the files' content wraps release.ErrInvalid.
+// about the files' content wraps release.ErrInvalid. A service with a build:
+// section and no image gets the image "<app>-<service>"; LoadProject also
+// returns the build sections.
 func Load(ctx context.Context, files []string, opts Options) (app string, spec *release.Spec, err error) {
+	p, err := LoadProject(ctx, files, opts)
+	if err != nil {
+		return "", nil, err
+	}
+	return p.App, p.Spec, nil
+}
+
+// Project is a loaded Compose file: the app, its normalized spec and the
+// services' build: sections.
+type Project struct {
+	App    string
+	Spec   *release.Spec
+	Builds map[string]Build // by service; nil when no service has build:
+}
+
+// Build is a service's build: section, as berth builds it.
+type Build struct {
+	Context    string            // absolute directory
+	Dockerfile string            // relative to Context, or absolute; default Dockerfile
+	Target     string            // multi-stage target; "" is the last stage
+	Args       map[string]string // build args (set ones only)
+	Labels     map[string]string
+	Platforms  []string // from the file; the robot's platform is chosen among them
+	Secrets    []Secret
+	Image      string // the service's image: name, "" when the file sets none
+}
+
+// Secret is a build secret: a file or an environment variable of the
+// machine that builds, never part of the image.
+type Secret struct {
+	ID   string // what the Dockerfile names (RUN --mount=type=secret,id=…)
+	File string // absolute path, or ""
+	Env  string // environment variable, or ""
+}
+
+// LoadProject is Load that also returns the services' build: sections.
+func LoadProject(ctx context.Context, files []string, opts Options) (*Project, error) {
+	app, spec, builds, err := load(ctx, files, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Project{App: app, Spec: spec, Builds: builds}, nil
+}
+
+func load(ctx context.Context, files []string, opts Options) (app string, spec *release.Spec, builds map[string]Build, err error) {
 	if len(files) == 0 {
-		return "", nil, fmt.Errorf("load compose: no file given: %w", release.ErrInvalid)
+		return "", nil, nil, fmt.Errorf("load compose: no file given: %w", release.ErrInvalid)
 	}
 	srcs := make([]source, len(files))
 	details := types.ConfigDetails{WorkingDir: opts.WorkingDir, Environment: environment(opts.Env)}
 	for i, f := range files {
 		abs, err := filepath.Abs(f)
 		if err != nil {
-			return "", nil, fmt.Errorf("load compose %s: %w", f, err)
+			return "", nil, nil, fmt.Errorf("load compose %s: %w", f, err)
 		}
 		b, err := os.ReadFile(abs)
 		if err != nil {
-			return "", nil, fmt.Errorf("load compose: %w", err)
+			return "", nil, nil, fmt.Errorf("load compose: %w", err)
 		}
 		srcs[i] = source{name: f, abs: abs, content: b}
 		details.ConfigFiles = append(details.ConfigFiles, types.ConfigFile{Filename: abs, Content: b})
@@ -62,7 +109,7 @@ func Load(ctx context.Context, files []string, opts Options) (app string, spec *
 	if details.WorkingDir == "" {
 		details.WorkingDir = filepath.Dir(details.ConfigFiles[0].Filename)
 	} else if details.WorkingDir, err = filepath.Abs(details.WorkingDir); err != nil {
-		return "", nil, fmt.Errorf("load compose: working directory: %w", err)
+		return "", nil, nil, fmt.Errorf("load compose: working directory: %w", err)
 	}
 
 	var findings []loader.UnsupportedAttribute
@@ -80,7 +127,7 @@ func Load(ctx context.Context, files []string, opts Options) (app string, spec *
 		loader.WithSupportedAttributes(supported(), func(f []loader.UnsupportedAttribute) { findings = f }),
 	)
 	if ctx.Err() != nil {
-		return "", nil, fmt.Errorf("load compose: %w", ctx.Err())
+		return "", nil, nil, fmt.Errorf("load compose: %w", ctx.Err())
 	}
 	var refused refusals
 	for _, f := range findings {
@@ -99,10 +146,10 @@ func Load(ctx context.Context, files []string, opts Options) (app string, spec *
 		} else {
 			err = fmt.Errorf("load compose: %w: %w", err, release.ErrInvalid)
 		}
-		return "", nil, errors.Join(refused.err(), err)
+		return "", nil, nil, errors.Join(refused.err(), err)
 	}
 	if !release.ValidName(project.Name) {
-		return "", nil, fmt.Errorf("app name %q: use lower-case letters, digits, '-' and '_', or set name: in the file: %w", project.Name, release.ErrInvalid)
+		return "", nil, nil, fmt.Errorf("app name %q: use lower-case letters, digits, '-' and '_', or set name: in the file: %w", project.Name, release.ErrInvalid)
 	}
 
 	spec = &release.Spec{
@@ -110,8 +157,17 @@ func Load(ctx context.Context, files []string, opts Options) (app string, spec *
 		Networks: make(map[string]release.Network, len(project.Networks)),
 		Volumes:  make(map[string]release.Volume, len(project.Volumes)),
 	}
+	builds = map[string]Build{}
 	for name, s := range project.Services {
-		spec.Services[name] = service(name, s, srcs, &refused)
+		svc := service(name, s, srcs, &refused)
+		if s.Build != nil {
+			b := buildOf(name, s, project, srcs, &refused)
+			if svc.Image == "" {
+				svc.Image = project.Name + "-" + name
+			}
+			builds[name] = b
+		}
+		spec.Services[name] = svc
 	}
 	// compose-go names every network and volume <app>_<key>. berth keeps only
 	// names the file sets: the agent prefixes its own instance name, so that
@@ -135,13 +191,13 @@ func Load(ctx context.Context, files []string, opts Options) (app string, spec *
 		}
 	}
 	if len(refused) > 0 {
-		return "", nil, refused.err()
+		return "", nil, nil, refused.err()
 	}
 	spec.Services, spec.Networks, spec.Volumes = mapOrNil(spec.Services), mapOrNil(spec.Networks), mapOrNil(spec.Volumes)
 	if err := spec.Validate(); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	return project.Name, spec, nil
+	return project.Name, spec, mapOrNil(builds), nil
 }
 
 // environment copies env (the loader writes into it) or reads os.Environ.
@@ -308,6 +364,11 @@ func supported() []tree.Path {
 		prefixes = append(prefixes, "networks.*."+a, "volumes.*."+a)
 	}
 	prefixes = append(prefixes, "networks.*.internal")
+	for _, a := range []string{"context", "dockerfile", "args", "target", "labels", "platforms", "secrets"} {
+		prefixes = append(prefixes, "services.*.build."+a)
+	}
+	// top-level secrets serve builds only: a service's runtime secrets: stay refused
+	prefixes = append(prefixes, "secrets.*.file", "secrets.*.environment")
 
 	// the loader writes short syntax mounts with an empty volume: or tmpfs:
 	// mapping; what goes inside them is refused
@@ -332,7 +393,7 @@ func hintFor(p tree.Path) string {
 	}
 	switch attr {
 	case "build":
-		return "build images with docker build first, then deploy"
+		return "berth builds context, dockerfile, target, args, labels, platforms and secrets"
 	case "container_name":
 		return "berth names containers itself; remove it"
 	case "deploy":
@@ -342,6 +403,9 @@ func hintFor(p tree.Path) string {
 	case "extends", "include":
 		return "pass the files to berth in order instead; later files override earlier ones"
 	case "secrets", "configs":
+		if parts[0] == "secrets" {
+			return "a top-level secret is a file or an environment variable, for builds"
+		}
 		return "bind-mount the file with volumes: instead"
 	case "links", "external_links":
 		return "services reach each other by name on a shared network"

@@ -109,7 +109,7 @@ func TestLoadRefused(t *testing.T) {
 		want  []string
 	}{
 		{"attributes", []string{"refuse.yaml"}, Options{}, []string{
-			"testdata/refuse.yaml:4: services.web.build: not supported by berth (build images with docker build first, then deploy)",
+			"testdata/refuse.yaml:4: services.web.build.cache_from: not supported by berth (berth builds context, dockerfile, target, args, labels, platforms and secrets)",
 			"testdata/refuse.yaml:5: services.web.container_name: not supported by berth (berth names containers itself",
 			"testdata/refuse.yaml:6: services.web.deploy: not supported by berth",
 			"testdata/refuse.yaml:9: services.web.cpus: not supported by berth",
@@ -129,7 +129,6 @@ func TestLoadRefused(t *testing.T) {
 			"testdata/refuse.yaml:32: services.web.depends_on.db.restart:",
 			"testdata/refuse.yaml:35: services.db.scale:",
 			"testdata/refuse.yaml:36: services.db.extends:",
-			"testdata/refuse.yaml:38: secrets:",
 			"testdata/refuse.yaml:41: configs:",
 			"testdata/refuse.yaml:48: networks.default.ipam:",
 		}},
@@ -143,7 +142,7 @@ func TestLoadRefused(t *testing.T) {
 			`testdata/refuse-values.yaml:27: services.bridged.network_mode:`,
 		}},
 		{"profile-active", []string{"profiles.yaml"}, Options{Profiles: []string{"debug"}}, []string{
-			"testdata/profiles.yaml:9: services.debug.build: not supported by berth",
+			"testdata/profiles.yaml:9: services.debug.build.cache_from: not supported by berth",
 		}},
 		{"second-file", []string{"minimal.yaml", "refuse-override.yaml"}, Options{}, []string{
 			"testdata/refuse-override.yaml:4: services.app.stdin_open: not supported by berth",

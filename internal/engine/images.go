@@ -22,6 +22,7 @@ type ImageInfo struct {
 	Arch    string
 	Size    int64
 	Tags    []string
+	Labels  map[string]string
 }
 
 // Image describes one image by reference or ID.
@@ -30,7 +31,7 @@ func (c *Client) Image(ctx context.Context, ref string) (ImageInfo, error) {
 	if err != nil {
 		return ImageInfo{}, wrapNotFound("image "+ref, err)
 	}
-	return ImageInfo{ID: i.ID, DiffIDs: i.RootFS.Layers, OS: i.Os, Arch: i.Architecture, Size: i.Size, Tags: i.RepoTags}, nil
+	return ImageInfo{ID: i.ID, DiffIDs: i.RootFS.Layers, OS: i.Os, Arch: i.Architecture, Size: i.Size, Tags: i.RepoTags, Labels: labelsOf(i)}, nil
 }
 
 // Save streams `docker save` of the images (uncompressed tar).
@@ -101,4 +102,11 @@ func (c *Client) Holdings(ctx context.Context) (*Holdings, error) {
 		}
 	}
 	return h, nil
+}
+
+func labelsOf(i image.InspectResponse) map[string]string {
+	if i.Config == nil {
+		return nil
+	}
+	return i.Config.Labels
 }

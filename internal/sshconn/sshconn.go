@@ -200,9 +200,17 @@ func connect(ctx context.Context, via *ssh.Client, viaHop hop, h hop, timeout ti
 // Run runs cmd on the robot and returns its combined output; a non-zero exit
 // is an error, returned with the output.
 func (c *Client) Run(ctx context.Context, cmd string) ([]byte, error) {
+	return c.RunInput(ctx, cmd, nil)
+}
+
+// RunInput is Run with stdin read from in (nil: none), such as a file to copy.
+func (c *Client) RunInput(ctx context.Context, cmd string, in io.Reader) ([]byte, error) {
 	var out lockedBuffer
 	s, err := c.start(ctx, cmd, func(s *ssh.Session) error {
 		s.Stdout, s.Stderr = &out, &out
+		if in != nil {
+			s.Stdin = in
+		}
 		return nil
 	})
 	if err != nil {
@@ -301,6 +309,9 @@ func localUser() string {
 	}
 	return os.Getenv("USER")
 }
+
+// ShellQuote quotes s for a POSIX shell when it needs it.
+func ShellQuote(s string) string { return shellQuote(s) }
 
 // shellQuote quotes s for a POSIX shell when it needs it.
 func shellQuote(s string) string {

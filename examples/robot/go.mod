@@ -1,0 +1,3 @@
+module example.com/robot
+
+go 1.26

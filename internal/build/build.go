@@ -1,0 +1,283 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/compose"
+	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/release"
+)
+
+// Image labels every build gets.
+const (
+	LabelVersion  = "org.opencontainers.image.version"
+	LabelRevision = "org.opencontainers.image.revision"
+)
+
+// ArgVersion is the build arg berth passes to every build, the version (a
+// Dockerfile uses it with ARG BERTH_VERSION; args of the file or the command
+// line win). The revision is in the image's label.
+const ArgVersion = "BERTH_VERSION"
+
+// ErrSecrets refuses build secrets: the classic builder has no secret
+// mounts, and anything it is given lands in a layer or the image history.
+var ErrSecrets = errors.New("build secrets need BuildKit, which berth does not drive: the engine's classic builder it uses would leave a secret in a layer or the image's history")
+
+// Target is one image to build: a service's build: section and its tags.
+type Target struct {
+	Service string
+	compose.Build
+	Tag  string   // <app>-<service>:<version>: what the release runs
+	Tags []string // Tag, and the file's image: name if it gives one
+}
+
+// Plan is what a build makes: one image per service with a build: section.
+type Plan struct {
+	App     string
+	Version Version
+	Targets []Target // sorted by service
+}
+
+// NewPlan plans the builds of p at version v: of the named services, or of
+// every service with a build: section when none is named.
+func NewPlan(p *compose.Project, v Version, services ...string) (*Plan, error) {
+	plan := &Plan{App: p.App, Version: v}
+	want := services
+	if len(want) == 0 {
+		want = slices.Sorted(maps.Keys(p.Builds))
+	}
+	seen := map[string]bool{}
+	for _, s := range want {
+		if seen[s] {
+			continue
+		}
+		seen[s] = true
+		b, ok := p.Builds[s]
+		if !ok {
+			if _, exists := p.Spec.Services[s]; exists {
+				return nil, fmt.Errorf("service %s has no build: section: %w", s, release.ErrInvalid)
+			}
+			return nil, fmt.Errorf("no service %s in app %s: %w", s, p.App, release.ErrInvalid)
+		}
+		if len(b.Secrets) > 0 {
+			return nil, fmt.Errorf("service %s: %w; nothing was built. Build it with `docker buildx build --secret` and deploy the image (image: without build:), or give the secret to the container at run time: %w", s, ErrSecrets, release.ErrInvalid)
+		}
+		t := Target{Service: s, Build: b, Tag: p.App + "-" + s + ":" + v.Tag()}
+		t.Tags = []string{t.Tag}
+		if b.Image != "" && b.Image != t.Tag {
+			t.Tags = append(t.Tags, b.Image)
+		}
+		plan.Targets = append(plan.Targets, t)
+	}
+	slices.SortFunc(plan.Targets, func(a, b Target) int { return strings.Compare(a.Service, b.Service) })
+	return plan, nil
+}
+
+// Pin points the spec's services at the images the plan builds.
+func (p *Plan) Pin(spec *release.Spec) {
+	for _, t := range p.Targets {
+		if s, ok := spec.Services[t.Service]; ok {
+			s.Image = t.Tag
+			spec.Services[t.Service] = s
+		}
+	}
+}
+
+// Engine is the part of engine.Client that builds use.
+type Engine interface {
+	Build(ctx context.Context, o engine.BuildOptions, line func(string)) (string, error)
+	Image(ctx context.Context, ref string) (engine.ImageInfo, error)
+}
+
+// Options steer Run.
+type Options struct {
+	// Platform is os/arch[/variant] to build for; "" is the engine's own.
+	Platform string
+	// Args override build args of the file (and berth's own).
+	Args map[string]string
+	// Out gets one prefixed line stream per service and the summary; nil
+	// prints nothing (failed builds' logs are still in the results).
+	Out io.Writer
+	// Parallel bounds the builds at once; default 4.
+	Parallel int
+}
+
+// Result is what became of one target.
+type Result struct {
+	Service  string        `json:"service"`
+	Image    string        `json:"image"`
+	ID       string        `json:"id,omitempty"`
+	Seconds  float64       `json:"seconds"`
+	UpToDate bool          `json:"up_to_date,omitempty"` // not built: the image of this version was there
+	Error    string        `json:"error,omitempty"`
+	Log      []string      `json:"-"`
+	Duration time.Duration `json:"-"`
+}
+
+// Stale reports whether t must be built: the image of this version is not
+// in the engine, the tree is dirty (an uncommitted edit has no version of its
+// own), or the image was built from another commit or for another platform.
+func Stale(ctx context.Context, eng Engine, plan *Plan, t Target, platform string) bool {
+	if plan.Version.Dirty {
+		return true
+	}
+	info, err := eng.Image(ctx, t.Tag)
+	if err != nil {
+		return true
+	}
+	if info.Labels[LabelRevision] != plan.Version.Revision {
+		return true
+	}
+	if platform != "" {
+		goos, arch := splitPlatform(platform)
+		if info.OS != goos || info.Arch != arch {
+			return true
+		}
+	}
+	return false
+}
+
+// splitPlatform splits os/arch[/variant] into os and arch.
+func splitPlatform(p string) (goos, arch string) {
+	goos, arch, _ = strings.Cut(p, "/")
+	arch, _, _ = strings.Cut(arch, "/")
+	return goos, arch
+}
+
+// Run builds the plan's targets in parallel, all of them even when one
+// fails, and returns a result per target; the error names the ones that failed.
+func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, error) {
+	start := time.Now()
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	width := 0
+	for _, t := range plan.Targets {
+		width = max(width, len(t.Service))
+	}
+	var mu sync.Mutex
+	say := func(service, line string) {
+		if o.Out == nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(o.Out, "%-*s | %s\n", width, service, line)
+	}
+	results := make([]Result, len(plan.Targets))
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i, t := range plan.Targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				results[i] = Result{Service: t.Service, Image: t.Tag, Error: ctx.Err().Error()}
+				return
+			}
+			defer func() { <-sem }()
+			results[i] = buildOne(ctx, eng, plan, t, o, say)
+		}()
+	}
+	wg.Wait()
+
+	var failed []string
+	for _, r := range results {
+		if r.Error != "" {
+			failed = append(failed, r.Service)
+		}
+	}
+	if o.Out != nil {
+		fmt.Fprintf(o.Out, "\n%s %s: %d built, %d failed, %.1fs\n", plan.App, plan.Version.Describe, len(results)-len(failed), len(failed), time.Since(start).Seconds())
+		for _, r := range results {
+			if r.Error != "" {
+				fmt.Fprintf(o.Out, "  %-*s  FAILED after %.1fs: %s\n", width, r.Service, r.Seconds, r.Error)
+			} else {
+				fmt.Fprintf(o.Out, "  %-*s  %s  %s  %.1fs\n", width, r.Service, r.Image, release.ShortID(r.ID), r.Seconds)
+			}
+		}
+		for _, r := range results {
+			if r.Error != "" {
+				fmt.Fprintf(o.Out, "\n--- full log of %s ---\n%s\n--- end of %s ---\n", r.Service, strings.Join(r.Log, "\n"), r.Service)
+			}
+		}
+	}
+	if len(failed) > 0 {
+		return results, fmt.Errorf("build of %s failed: %s (the images of the other services were built and tagged)", plan.App, strings.Join(failed, ", "))
+	}
+	return results, nil
+}
+
+func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, say func(service, line string)) Result {
+	start := time.Now()
+	r := Result{Service: t.Service, Image: t.Tag}
+	line := func(l string) {
+		if strings.TrimSpace(l) == "" || l == "[Warning] One or more build-args ["+ArgVersion+"] were not consumed" {
+			return // berth's own arg, offered to every Dockerfile
+		}
+		r.Log = append(r.Log, l)
+		say(t.Service, l)
+	}
+	fail := func(err error) Result {
+		r.Duration = time.Since(start)
+		r.Seconds = r.Duration.Seconds()
+		r.Error = err.Error()
+		line("error: " + r.Error)
+		return r
+	}
+	if len(t.Platforms) > 0 && o.Platform != "" && !slices.Contains(t.Platforms, o.Platform) {
+		return fail(fmt.Errorf("the robot is %s, but build.platforms lists only %s", o.Platform, strings.Join(t.Platforms, ", ")))
+	}
+	args := map[string]string{ArgVersion: plan.Version.Describe}
+	maps.Copy(args, t.Args)
+	maps.Copy(args, o.Args)
+	labels := map[string]string{LabelVersion: plan.Version.Describe, LabelRevision: plan.Version.Revision}
+	maps.Copy(labels, t.Labels)
+
+	pr, pw := io.Pipe()
+	dfc := make(chan string, 1)
+	go func() {
+		df, err := contextTar(pw, t.Context, t.Dockerfile)
+		dfc <- df
+		pw.CloseWithError(err)
+	}()
+	// the Dockerfile's name inside the tar is known once the walk passed it;
+	// it is the relative path unless the Dockerfile lies outside the context
+	dockerfile := dockerfileInTar(t.Context, t.Dockerfile)
+	id, err := eng.Build(ctx, engine.BuildOptions{
+		Context: pr, Dockerfile: dockerfile, Tags: t.Tags, Target: t.Target,
+		Args: args, Labels: labels, Platform: o.Platform,
+	}, line)
+	pr.CloseWithError(io.ErrClosedPipe)
+	<-dfc
+	if err != nil {
+		if msg := err.Error(); strings.Contains(msg, "registry") || strings.Contains(msg, "pull access denied") || strings.Contains(msg, "dial tcp") {
+			err = fmt.Errorf("%w (a FROM image is not in the engine and cannot be pulled: make it locally and tag it, e.g. --local-go-image for the Go image, or name one with --build-arg)", err)
+		}
+		return fail(err)
+	}
+	if o.Platform != "" {
+		info, err := eng.Image(ctx, id)
+		if err != nil {
+			return fail(err)
+		}
+		if goos, arch := splitPlatform(o.Platform); info.OS != goos || info.Arch != arch {
+			return fail(fmt.Errorf("built for %s/%s, but the robot is %s: give the Dockerfile's FROM images for %s", info.OS, info.Arch, o.Platform, o.Platform))
+		}
+	}
+	r.ID = id
+	r.Duration = time.Since(start)
+	r.Seconds = r.Duration.Seconds()
+	return r
+}
