@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,10 +18,10 @@ import (
 
 	"github.com/berth-robotics/berth/internal/agent"
 	"github.com/berth-robotics/berth/internal/engine"
-	"github.com/berth-robotics/berth/internal/goimage"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/server"
 	"github.com/berth-robotics/berth/internal/serverapi"
+	"github.com/berth-robotics/berth/internal/transfer"
 )
 
 func newQuickstart(version string) *cobra.Command {
@@ -27,14 +29,17 @@ func newQuickstart(version string) *cobra.Command {
 	var dir, port, serverAddr string
 	c := &cobra.Command{
 		Use:   "quickstart [--exit]",
-		Short: "Run berth on this machine: a fleet server with its dashboard, an agent, the example app built locally and deployed",
+		Short: "Run berth on this machine: a fleet server with its dashboard, an agent, the robot example built, released and running",
 		Long: `quickstart starts a fleet server with its web dashboard (data under
-./.berth/quickstart/server) and an agent in its fleet (state under
-./.berth/quickstart) against the local Docker Engine, builds the example app
-in examples/hello with the local Go toolchain (no registry needed), deploys
-it, and prints what runs and where, and the dashboard's URL and how to log in.
-It runs until Ctrl-C, then removes the example app (its volume stays).
-With --exit it checks the app answers, removes it and exits 0.`,
+./.berth/quickstart/server) and an agent in its fleet "quickstart" (state under
+./.berth/quickstart) against the local Docker Engine; builds examples/robot
+(three services) from source with this machine's Go toolchain (no registry
+needed: berth build --local-go-image), creates a release of it on the server
+(uploading the images), assigns it to the fleet, and waits until the agent has
+fetched it from the server, switched and found every service healthy. It
+prints the example's web UI, the dashboard's URL and how to log in, and runs
+until Ctrl-C, then removes the example app (its volume stays). With --exit it
+checks the web UI answers, removes the app and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			return runQuickstart(c.Context(), version, dir, port, serverAddr, exit, c.OutOrStdout(), c.ErrOrStderr())
@@ -42,15 +47,16 @@ With --exit it checks the app answers, removes it and exits 0.`,
 	}
 	c.Flags().BoolVar(&exit, "exit", false, "verify the example answers, clean up and exit (for CI)")
 	c.Flags().StringVar(&dir, "dir", filepath.Join(".berth", "quickstart"), "the agent's state directory")
-	c.Flags().StringVar(&port, "port", "18080", "host port (on 127.0.0.1) for the example app")
+	c.Flags().StringVar(&port, "port", "18090", "host port (on 127.0.0.1) for the example's web UI")
 	c.Flags().StringVar(&serverAddr, "server-listen", "127.0.0.1:7070", "address of the fleet server and its dashboard (loopback)")
 	return c
 }
 
 func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, exit bool, out, errOut io.Writer) error {
 	start := time.Now()
-	if _, err := os.Stat(filepath.Join("examples", "hello", "compose.yaml")); err != nil {
-		return fmt.Errorf("run quickstart from the root of the berth repository (examples/hello not found): %w", err)
+	example := filepath.Join("examples", "robot", "compose.yaml")
+	if _, err := os.Stat(example); err != nil {
+		return fmt.Errorf("run quickstart from the root of the berth repository (%s not found): %w", example, err)
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -77,19 +83,6 @@ func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, e
 		return err
 	}
 	step("Docker Engine %s (API %s) answers", info.Version, info.APIVersion)
-
-	step("building the example image berth-example/hello:latest from examples/hello (local Go toolchain, FROM scratch)")
-	bin, err := goimage.Binary(ctx, filepath.Join("examples", "hello"))
-	if err != nil {
-		return err
-	}
-	bctx, err := goimage.Context(bin, `LABEL org.opencontainers.image.title="berth example"`)
-	if err != nil {
-		return err
-	}
-	if _, err := eng.BuildImage(ctx, bctx, "berth-example/hello:latest"); err != nil {
-		return err
-	}
 
 	logf, err := os.OpenFile(filepath.Join(dir, "berthd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -123,18 +116,43 @@ func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, e
 	}
 	step("agent %q serves unix://%s (log: %s)", cfg.Name, socket, logf.Name())
 
-	os.Setenv("HELLO_PORT", port)
-	to := "unix://" + socket
-	f := deployFlags{files: []string{filepath.Join("examples", "hello", "compose.yaml")}, to: to, version: "quickstart"}
-	if err := runDeploy(ctx, f, out); err != nil {
+	// The example, built from source, released on the server, assigned.
+	os.Setenv("ROBOT_UI_PORT", port)
+	tok, err := os.ReadFile(srv.tokenFile)
+	if err != nil {
 		return err
 	}
+	server := []string{"--server", srv.url, "--token", strings.TrimSpace(string(tok))}
+	step("building examples/robot (berth build --local-go-image) and creating a release of it on the server")
+	var created bytes.Buffer
+	if Main(ctx, version, append([]string{"release", "create", "-f", example, "--fleet", "quickstart", "--app", "robot",
+		"--version", "quickstart", "--local-go-image", "--json"}, server...), &created, errOut) != 0 {
+		return errors.New("the example's release was not created (the lines above say why)")
+	}
+	var rel struct {
+		ID     string `json:"id"`
+		Upload struct {
+			BytesSent int64 `json:"bytes_sent"`
+		} `json:"upload"`
+	}
+	if err := json.Unmarshal(created.Bytes(), &rel); err != nil || rel.ID == "" {
+		return fmt.Errorf("release create --json said %q: %v", created.String(), err)
+	}
+	step("release %s of robot created (%s uploaded); assigning it to fleet quickstart", release.ShortID(rel.ID), transfer.Human(rel.Upload.BytesSent))
+	if Main(ctx, version, append([]string{"release", "assign", rel.ID, "--fleet", "quickstart", "--all"}, server...), io.Discard, errOut) != 0 {
+		return errors.New("the example's release was not assigned (the lines above say why)")
+	}
+	to := "unix://" + socket
+	if err := awaitFleetRelease(ctx, to, "robot", rel.ID, 5*time.Minute, agentDone); err != nil {
+		return err
+	}
+	step("the agent fetched the release from the server, switched, and every service is healthy")
 	url := "http://127.0.0.1:" + port + "/"
 	body, err := get(ctx, url)
 	if err != nil {
-		return fmt.Errorf("the example app was deployed but %s does not answer: %w", url, err)
+		return fmt.Errorf("the example runs but its web UI %s does not answer: %w", url, err)
 	}
-	step("%s answers: %s", url, strings.TrimSpace(body))
+	step("%s answers (%d bytes of the robot's web UI)", url, len(body))
 	cleanup := func() error {
 		cl, err := dial(context.Background(), to, false)
 		if err != nil {
@@ -143,7 +161,7 @@ func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, e
 		defer cl.Close()
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, err = cl.Remove(cctx, "hello", false)
+		_, err = cl.Remove(cctx, "robot", false)
 		return err
 	}
 	if exit {
@@ -155,15 +173,15 @@ func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, e
 	}
 	fmt.Fprintf(out, `
 The dashboard: %s/ui/ — log in with the admin token in %s
-(the agent "quickstart" is a device of fleet "quickstart"; the example app shows as a local override)
-The example app runs at %s
-Try, in another terminal:
+(the agent "quickstart" is a device of fleet "quickstart", running release %s of robot)
+The robot's web UI: %s
+Try, in another terminal (examples/robot/README.md walks through more):
   go run ./cmd/berth status --to %s
-  go run ./cmd/berth logs   --to %s --app hello -f
-  GREETING=Hi go run ./cmd/berth deploy -f examples/hello/compose.yaml --to %s
-  go run ./cmd/berth rollback --to %s --app hello
-Ctrl-C stops the agent and removes the example app (its volume stays).
-`, srv.url, srv.tokenFile, url, to, to, to, to)
+  go run ./cmd/berth logs   --to %s --app robot -f
+  STOP_DISTANCE_M=1.2 go run ./cmd/berth deploy -f %s --to %s --local-go-image
+  go run ./cmd/berth rollback --to %s --app robot
+Ctrl-C stops the server and the agent and removes the example app (its volume stays).
+`, srv.url, srv.tokenFile, release.ShortID(rel.ID), url, to, to, example, to, to)
 	select {
 	case <-ctx.Done():
 	case err := <-agentDone:
@@ -211,6 +229,51 @@ func get(ctx context.Context, url string) (string, error) {
 		return string(b), fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return string(b), nil
+}
+
+// awaitFleetRelease waits until the agent at to runs the fleet release id
+// of app, idle, every service healthy (or running, without a healthcheck).
+func awaitFleetRelease(ctx context.Context, to, app, id string, limit time.Duration, agentDone chan error) error {
+	cl, err := dial(ctx, to, false)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(limit)
+	var last release.AppState
+	for time.Now().Before(deadline) {
+		if st, err := cl.State(ctx); err == nil {
+			last = st.Apps[app]
+			if last.FleetFailed == id {
+				return fmt.Errorf("the agent tried release %s of %s and rolled it back: %s", release.ShortID(id), app, last.Error)
+			}
+			if last.FleetRelease == id && last.Phase == release.PhaseIdle && allHealthy(last) {
+				return nil
+			}
+		}
+		select {
+		case err := <-agentDone:
+			agentDone <- err
+			return fmt.Errorf("agent stopped: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the agent did not run release %s of %s within %s (last: phase %s, release %s, error %q); its log says more",
+		release.ShortID(id), app, limit, last.Phase, release.ShortID(last.FleetRelease), last.Error)
+}
+
+func allHealthy(a release.AppState) bool {
+	if len(a.Services) == 0 {
+		return false
+	}
+	for _, s := range a.Services {
+		if s.State != "running" || (s.Health != "" && s.Health != "healthy") {
+			return false
+		}
+	}
+	return true
 }
 
 // quickstartServer is the fleet server quickstart runs in-process.

@@ -42,6 +42,20 @@ type manifestEntry struct {
 	Layers   []string
 }
 
+// resolve follows links from name to the archive entry it names, at most
+// a few hops (a cycle or a long chain names nothing). Links only rename
+// entries of the archive: nothing is read from anywhere else.
+func resolve(links map[string]string, name string) string {
+	for range 8 {
+		to, ok := links[name]
+		if !ok {
+			return name
+		}
+		name = to
+	}
+	return ""
+}
+
 // maxJSON bounds the non-layer files kept in memory (configs, manifests).
 const maxJSON = 16 << 20
 
@@ -61,6 +75,9 @@ func ReadFor(r io.Reader, arch string, onLayer LayerFunc) ([]Image, error) {
 	tr := tar.NewReader(r)
 	small := map[string][]byte{}
 	layers := map[string]string{} // archive path → diffID
+	// docker save writes a layer whose content another image's layer has
+	// already as a link to it: dir/layer.tar → ../other/layer.tar.
+	links := map[string]string{} // archive path → the archive path it names
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -68,6 +85,14 @@ func ReadFor(r io.Reader, arch string, onLayer LayerFunc) ([]Image, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("image archive: %v: %w", err, release.ErrInvalid)
+		}
+		switch h.Typeflag {
+		case tar.TypeSymlink:
+			links[path.Clean(h.Name)] = path.Join(path.Dir(path.Clean(h.Name)), h.Linkname)
+			continue
+		case tar.TypeLink:
+			links[path.Clean(h.Name)] = path.Clean(h.Linkname)
+			continue
 		}
 		if h.Typeflag != tar.TypeReg {
 			continue
@@ -139,7 +164,7 @@ func ReadFor(r io.Reader, arch string, onLayer LayerFunc) ([]Image, error) {
 			return nil, fmt.Errorf("image %s: manifest lists %d layers, config %d: %w", img.ID, len(m.Layers), len(img.DiffIDs), release.ErrInvalid)
 		}
 		for i, l := range m.Layers {
-			got, ok := layers[path.Clean(l)]
+			got, ok := layers[resolve(links, path.Clean(l))]
 			if !ok {
 				if b, small := small[path.Clean(l)]; small {
 					return nil, fmt.Errorf("image %s: layer %s is not a tar (%d bytes): %w", img.ID, l, len(b), release.ErrInvalid)
