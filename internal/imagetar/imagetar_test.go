@@ -84,4 +84,3 @@ func TestSharedLayerLinks(t *testing.T) {
 		}
 	}
 }
-
