@@ -155,7 +155,8 @@ func TestBadReleasesLeaveTheRunningOneAlone(t *testing.T) {
 	}{
 		{"malformed", "services:\n  web:\n    image: [unclosed\n", []string{"compose.yaml"}},
 		{"unknown-key", "services:\n  web:\n    image: ${IMG_A}\n    colour: blue\n", []string{"colour"}},
-		{"unsupported-key", "services:\n  web:\n    image: ${IMG_A}\n    build: .\n", []string{"build", "compose.yaml:4"}},
+		{"unsupported-key", "services:\n  web:\n    image: ${IMG_A}\n    build:\n      context: .\n      dockerfile_inline: FROM scratch\n", []string{"dockerfile_inline", "compose.yaml:6"}},
+		{"build-fails", "services:\n  web:\n    image: ${IMG_A}\n    build: .\n", []string{"no Dockerfile at", "nothing was deployed"}},
 		{"missing-image", "services:\n  web:\n    image: berthtest/does-not-exist:1\n", []string{"berthtest/does-not-exist:1", "not on the device", "nothing changed"}},
 		{"port-taken", strings.Replace(web(port, "2"), "127.0.0.1:"+port+":8080", "127.0.0.1:"+taken+":8080", 1), []string{"rolled back", "cannot start"}},
 		{"exits-at-once", exitsAtOnce, []string{"rolled back", "exited"}},

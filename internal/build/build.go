@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -245,6 +247,16 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	labels := map[string]string{LabelVersion: plan.Version.Describe, LabelRevision: plan.Version.Revision}
 	maps.Copy(labels, t.Labels)
 
+	if st, err := os.Stat(t.Context); err != nil || !st.IsDir() {
+		return fail(fmt.Errorf("the build context %s is not a directory: check build.context", t.Context))
+	}
+	dfAbs := t.Dockerfile
+	if !filepath.IsAbs(dfAbs) {
+		dfAbs = filepath.Join(t.Context, dfAbs)
+	}
+	if _, err := os.Stat(dfAbs); err != nil {
+		return fail(fmt.Errorf("no Dockerfile at %s: write one there, or name yours with build.dockerfile", dfAbs))
+	}
 	pr, pw := io.Pipe()
 	dfc := make(chan string, 1)
 	go func() {
