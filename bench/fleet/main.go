@@ -41,7 +41,7 @@ func main() {
 	flag.DurationVar(&o.wait, "wait", 30*time.Second, "long poll wait the devices ask for (berthd's default poll interval)")
 	flag.IntVar(&o.fetchRate, "fetch-rate", 20, "full target fetches per second sampled during steady state")
 	flag.StringVar(&o.out, "out", "bench/fleet", "directory for results-<date>.{md,json}; empty: stdout only")
-	flag.StringVar(&o.profile, "profile", "", "directory for the server's CPU profiles of steady state and of the wake, and its heap after steady state (<db>-steady.pprof, <db>-wake.pprof, <db>-heap.pprof); empty: none")
+	flag.StringVar(&o.profile, "profile", "", "directory for the server's CPU profiles of steady state and of the wake, its heap after steady state and its log (<db>-steady.pprof, <db>-wake.pprof, <db>-heap.pprof, <db>-server.log); empty: none")
 	flag.Parse()
 	if o.db != "sqlite" && o.db != "postgres" && o.db != "both" {
 		fmt.Fprintln(os.Stderr, "fleet: -db is sqlite, postgres or both")

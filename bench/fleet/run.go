@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -78,6 +79,15 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 		return r, err
 	}
 	defer srv.stop()
+	if o.profile != "" {
+		// Stopped first (defers run last-in first-out), then its log kept.
+		defer func() {
+			if b, err := os.ReadFile(srv.log); err == nil {
+				os.WriteFile(filepath.Join(o.profile, db+"-server.log"), b, 0o644)
+			}
+		}()
+		defer srv.stop()
+	}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w\nthe server's log ends:\n%s", err, srv.logTail(20))
