@@ -131,9 +131,24 @@ func Teardown() {
 	}
 	// Images tests built under berthtest/ that their own cleanup could not
 	// remove while a device's container still used them (cleanups run in
-	// reverse order): every device is gone now.
-	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--filter", "reference=berthtest/*").Output(); err == nil {
-		if ids := strings.Fields(string(out)); len(ids) > 0 {
+	// reverse order): every device is gone now. The shared images of other
+	// test processes on the same engine (label berthtest.run of another
+	// run) are theirs: removing them made those runs fail with "images not
+	// on the device's engine".
+	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "reference=berthtest/*").Output(); err == nil {
+		others := map[string]bool{}
+		if o, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "label=berthtest.run").Output(); err == nil {
+			for _, id := range strings.Fields(string(o)) {
+				others[id] = true
+			}
+		}
+		var ids []string
+		for _, id := range strings.Fields(string(out)) {
+			if !others[id] {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) > 0 {
 			_ = exec.CommandContext(ctx, "docker", append([]string{"rmi", "-f"}, ids...)...).Run()
 		}
 	}
@@ -249,19 +264,8 @@ func (d *Device) Engine() *engine.Client { return d.eng }
 // Start starts berthd (again), with extra environment, and waits for its socket.
 func (d *Device) Start(t testing.TB, extraEnv ...string) {
 	t.Helper()
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(d.StateDir), "berthd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.log = logf
-	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), append([]string{"--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket}, d.args...)...)
-	d.cmd.Env = append(os.Environ(), extraEnv...)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(d.cmd, d.done)
+	d.StartNoWait(t, extraEnv...)
+	logf := d.log
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		cl := d.Client()
@@ -278,6 +282,25 @@ func (d *Device) Start(t testing.TB, extraEnv ...string) {
 		}
 	}
 	t.Fatalf("berthd %s did not answer on %s", d.Name, d.Socket)
+}
+
+// StartNoWait starts berthd (again) and returns at once: the fault tests
+// kill it while it recovers, before it serves.
+func (d *Device) StartNoWait(t testing.TB, extraEnv ...string) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(d.StateDir), "berthd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.log = logf
+	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), append([]string{"--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket}, d.args...)...)
+	d.cmd.Env = append(os.Environ(), extraEnv...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(d.cmd, d.done)
 }
 
 // Kill stops berthd with SIGKILL, as a power cut would.
