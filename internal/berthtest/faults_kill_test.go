@@ -68,13 +68,16 @@ func TestKillAtRandomPoints(t *testing.T) {
 	prevVersion := "1"
 	marker := writeVolumeMarker(t, robot, "app", "data")
 
-	// One undisturbed switch sets the window the kills fall into.
-	start := time.Now()
-	robot.MustDeploy(t, "app", killApp(port, "2", "IMG_B", strategies[1], false))
+	// One undisturbed switch sets the window the kills fall into: from the
+	// agent's first journal entry to the end of its journal.
+	deployed := make(chan string, 1)
+	go func() { deployed <- robot.MustDeploy(t, "app", killApp(port, "2", "IMG_B", strategies[1], false)) }()
+	start := awaitJournal(robot, "app", deployed)
+	<-deployed
 	window := time.Since(start)
 	prev = robot.AwaitHealthy(t, "app")
 	prevVersion = "2"
-	t.Logf("an undisturbed switch takes %s; kills fall uniformly in [0, %s]", window.Round(time.Millisecond), (window * 3 / 2).Round(time.Millisecond))
+	t.Logf("an undisturbed switch journals for %s; kills fall uniformly in [0, %s] after its first entry (one in ten counted from the deploy request instead)", window.Round(time.Millisecond), (window * 11 / 10).Round(time.Millisecond))
 
 	var held, toOld, toNew, midSwitch int
 	killedAt := map[string]int{} // journal step under way at the kill
@@ -83,13 +86,16 @@ func TestKillAtRandomPoints(t *testing.T) {
 		img := []string{"IMG_A", "IMG_B"}[rng.IntN(2)]
 		strategy := strategies[rng.IntN(len(strategies))]
 		unhealthy := rng.IntN(4) == 0
-		delay := time.Duration(rng.Int64N(int64(window * 3 / 2)))
+		delay := time.Duration(rng.Int64N(int64(window * 11 / 10)))
 
-		deployed := make(chan string, 1)
+		deployed := make(chan string, 2)
 		go func() {
 			out, _ := robot.Deploy(t, "app", killApp(port, version, img, strategy, unhealthy), "--json")
 			deployed <- out
 		}()
+		if rng.IntN(10) != 0 {
+			awaitJournal(robot, "app", deployed)
+		}
 		time.Sleep(delay)
 		finished := false
 		select {
@@ -206,4 +212,22 @@ func assertNoLeftovers(t *testing.T, d *Device, what string) {
 	if _, err := os.Stat(filepath.Join(d.StateDir, "apps", "app", "journal.json")); err == nil {
 		t.Fatalf("%s: a journal is left at rest", what)
 	}
+}
+
+// awaitJournal waits until app's journal appears (the agent started the
+// switch) or done has a value (which it puts back), and returns when.
+func awaitJournal(d *Device, app string, done chan string) time.Time {
+	path := filepath.Join(d.StateDir, "apps", app, "journal.json")
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			break
+		}
+		select {
+		case v := <-done:
+			done <- v
+			return time.Now()
+		default:
+		}
+	}
+	return time.Now()
 }
