@@ -223,9 +223,21 @@ func (e *Env) NewFleetDevice(t testing.TB, url, key string, args ...string) *Dev
 	return e.newDevice(t, Policy, append([]string{"--server", url, "--provisioning-key", key, "--poll-wait", "3s"}, args...)...)
 }
 
+// NewDeviceIn starts a device whose state directory and socket are under
+// base (a small filesystem, in the fault tests).
+func (e *Env) NewDeviceIn(t testing.TB, base, policy string) *Device {
+	t.Helper()
+	return e.newDeviceIn(t, base, policy)
+}
+
 func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "bt-")
+	return e.newDeviceIn(t, "", policy, args...)
+}
+
+func (e *Env) newDeviceIn(t testing.TB, base, policy string, args ...string) *Device {
+	t.Helper()
+	dir, err := os.MkdirTemp(base, "bt-")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,16 @@
 package berthtest
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -54,4 +61,92 @@ func requireRoot(t testing.TB) {
 		t.Fatal("this fault test needs root (loop mounts, network namespaces, a second dockerd)")
 	}
 	t.Skip("needs root")
+}
+
+// LoopFS mounts a fresh ext4 filesystem of sizeMiB on a loop device and
+// returns its mount point; cleanup unmounts it (detaching the loop device)
+// even when the test fails.
+func LoopFS(t testing.TB, sizeMiB int) string {
+	t.Helper()
+	requireRoot(t)
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{
+		{"truncate", "-s", fmt.Sprintf("%dM", sizeMiB), img},
+		{"mkfs.ext4", "-q", "-F", "-m", "0", img},
+		{"mount", "-o", "loop", img, mnt},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		for i := 0; ; i++ {
+			out, err := exec.Command("umount", mnt).CombinedOutput()
+			if err == nil {
+				return
+			}
+			if i == 20 {
+				t.Errorf("umount %s: %v\n%s", mnt, err, out)
+				exec.Command("umount", "-l", mnt).Run()
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	})
+	return mnt
+}
+
+// Fill writes a ballast file into dir's filesystem until it is full, and
+// returns its path (remove it to free the space).
+func Fill(t testing.TB, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "ballast-"+randomID())
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	block := make([]byte, 64<<10)
+	for len(block) >= 512 {
+		if _, err := f.Write(block); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", dir, err)
+			}
+			block = block[:len(block)/2]
+		}
+	}
+	f.Sync()
+	return path
+}
+
+// Free is the space left on dir's filesystem for an unprivileged writer.
+func Free(t testing.TB, dir string) uint64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+// Tree lists the regular files under dir with their sizes, but for the
+// names in skip: what a refused operation must leave as it was.
+func Tree(t testing.TB, dir string, skip ...string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || slices.Contains(skip, d.Name()) {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			rel, _ := filepath.Rel(dir, p)
+			out[rel] = fi.Size()
+		}
+		return nil
+	})
+	return out
 }

@@ -6,8 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -159,10 +159,7 @@ func (b *Batch) add(d Digest, z []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		if strings.Contains(err.Error(), "no space") {
-			return fmt.Errorf("content store %s: %v: %w", b.s.dir, err, release.ErrNoSpace)
-		}
-		return err
+		return noSpace(b.s.dir, err)
 	}
 	b.dst = append(b.dst, b.s.piecePath(d))
 	b.seen[d] = true
@@ -176,14 +173,14 @@ func (b *Batch) Commit() error {
 		return nil
 	}
 	if err := flush(b.s.dir, b.tmp); err != nil {
-		return err
+		return noSpace(b.s.dir, err)
 	}
 	for i, dst := range b.dst {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-			return err
+			return noSpace(b.s.dir, err)
 		}
 		if err := os.Rename(b.tmp[i], dst); err != nil {
-			return err
+			return noSpace(b.s.dir, err)
 		}
 	}
 	b.tmp, b.dst = nil, nil
@@ -373,26 +370,33 @@ func (s *Store) GC(p GCPolicy) (GCStats, error) {
 
 func (s *Store) write(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
 	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "put-*")
 	if err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		if strings.Contains(err.Error(), "no space") {
-			return fmt.Errorf("content store %s: %v: %w", s.dir, err, release.ErrNoSpace)
-		}
-		return err
+		return noSpace(s.dir, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return noSpace(s.dir, err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
-	return os.Rename(f.Name(), path)
+	return noSpace(s.dir, os.Rename(f.Name(), path))
+}
+
+// noSpace marks a write that failed for want of space (or of inodes, on a
+// full disk) as release.ErrNoSpace, which the API answers as such instead of
+// an internal error (it was HTTP 500 when a directory could not be created).
+func noSpace(dir string, err error) error {
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+		return fmt.Errorf("content store %s: %v: %w", dir, err, release.ErrNoSpace)
+	}
+	return err
 }
