@@ -227,15 +227,23 @@ func (e *Env) NewFleetDevice(t testing.TB, url, key string, args ...string) *Dev
 // base (a small filesystem, in the fault tests).
 func (e *Env) NewDeviceIn(t testing.TB, base, policy string) *Device {
 	t.Helper()
-	return e.newDeviceIn(t, base, policy)
+	return e.newDeviceIn(t, base, "", policy)
+}
+
+// NewDeviceOn starts a device whose agent drives the engine at host (a
+// second engine, in the fault tests), its state under base ("" for a
+// temporary directory).
+func (e *Env) NewDeviceOn(t testing.TB, host, base, policy string) *Device {
+	t.Helper()
+	return e.newDeviceIn(t, base, host, policy, "--docker-host", host)
 }
 
 func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {
 	t.Helper()
-	return e.newDeviceIn(t, "", policy, args...)
+	return e.newDeviceIn(t, "", "", policy, args...)
 }
 
-func (e *Env) newDeviceIn(t testing.TB, base, policy string, args ...string) *Device {
+func (e *Env) newDeviceIn(t testing.TB, base, host, policy string, args ...string) *Device {
 	t.Helper()
 	dir, err := os.MkdirTemp(base, "bt-")
 	if err != nil {
@@ -248,7 +256,7 @@ func (e *Env) newDeviceIn(t testing.TB, base, policy string, args ...string) *De
 	if err := os.WriteFile(filepath.Join(d.StateDir, "config.json"), []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.eng, err = engine.New(context.Background(), "", d.Name)
+	d.eng, err = engine.New(context.Background(), host, d.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
