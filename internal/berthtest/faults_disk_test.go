@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -142,4 +143,74 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// TestFullEngineDisk gives a device an engine of its own whose data root is
+// a small loop-mounted filesystem, and fills it: a deploy and a push are
+// refused with the reason before anything is sent or changed, the running
+// release keeps its containers, and no file is added to the state
+// directory; once space is freed, the push goes through.
+func TestFullEngineDisk(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	mnt := LoopFS(t, 256)
+	root := filepath.Join(mnt, "docker")
+	g := env.NewEngine2(t, root)
+	robot := env.NewDeviceOn(t, g.Host, "", `{"settle": "1s", "verify_timeout": "20s", "min_free_mb": 2}`)
+	robot.MustDeploy(t, "app", engineApp("1", "IMG_A", "download-then-kill", false))
+	running := robot.AwaitHealthy(t, "app")
+	ids := containerIDs(t, robot)
+	archive, tag := sizedImage(t, env, 32<<20)
+	untouched := func(what string) {
+		t.Helper()
+		if got := containerIDs(t, robot); got != ids {
+			t.Fatalf("%s: containers changed: %s, were %s", what, got, ids)
+		}
+		if a := robot.App(t, "app"); a.Release != running.Release {
+			t.Fatalf("%s: the app runs %s, ran %s", what, a.Release, running.Release)
+		}
+	}
+	for _, fill := range []string{"full", "too-small"} {
+		var ballast string
+		if fill == "full" {
+			ballast = Fill(t, mnt)
+		} else {
+			// 16 MiB left: less than the 32 MiB layer needs to load.
+			ballast = Fill(t, mnt)
+			os.Remove(ballast)
+			ballast = filepath.Join(mnt, "ballast-part")
+			size := int64(Free(t, mnt)) - 16<<20
+			if out, err := exec.Command("fallocate", "-l", fmt.Sprint(size), ballast).CombinedOutput(); err != nil {
+				t.Fatalf("fallocate: %v\n%s", err, out)
+			}
+		}
+		t.Logf("%s: the engine's disk has %d KiB free", fill, Free(t, mnt)>>10)
+		before := Tree(t, robot.StateDir)
+		if fill == "full" {
+			out, err := robot.Deploy(t, "app", engineApp("2", "IMG_A", "download-then-kill", false))
+			if err == nil {
+				t.Fatalf("a deploy onto a full engine went through:\n%s", out)
+			}
+			Contains(t, out, "MiB free", "nothing changed")
+			untouched("deploy onto a full engine")
+		}
+		out, err := robot.Berth(t, "push", archive)
+		if err == nil {
+			t.Fatalf("%s: a push the engine has no room for went through:\n%s", fill, out)
+		}
+		Contains(t, out, "nothing was sent", "engine has")
+		t.Logf("%s: %s", fill, lastLines(out, 1))
+		untouched("push onto a full engine")
+		if after := Tree(t, robot.StateDir); !maps.Equal(before, after) {
+			t.Fatalf("%s: refused operations changed the state directory:\nbefore %v\nafter  %v", fill, before, after)
+		}
+		os.Remove(ballast)
+	}
+	if out, err := robot.Berth(t, "push", archive); err != nil {
+		t.Fatalf("push after space was freed: %v\n%s", err, out)
+	}
+	if _, err := docker("-H", g.Host, "image", "inspect", tag); err != nil {
+		t.Fatalf("after the rerun the engine lacks %s", tag)
+	}
+	untouched("the push after space was freed")
 }
