@@ -86,19 +86,35 @@ func (e *Env) NewEngine2(t testing.TB, dataRoot string) *Engine2 {
 	return g
 }
 
-// Start starts dockerd (again) and waits until it answers.
+// Start starts dockerd (again) and waits until it answers. As systemd's
+// Restart= would, it tries again when dockerd gives up at start (after a
+// crash, on a loaded machine, it can time out waiting for its containerd).
 func (g *Engine2) Start(t testing.TB) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := g.start(t)
+		if err == nil {
+			return
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("the second dockerd, attempt %d: %v; starting it again", attempt, err)
+	}
+}
+
+func (g *Engine2) start(t testing.TB) error {
 	t.Helper()
 	logf, err := os.OpenFile(g.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
 	// Its own (empty) configuration: the machine's daemon.json is the
 	// shared engine's.
 	config := filepath.Join(g.dir, "daemon.json")
 	if err := os.WriteFile(config, []byte("{}\n"), 0o600); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	g.cmd = exec.Command("nsenter", "--net=/var/run/netns/"+g.NetNS, "dockerd", "--config-file", config,
 		"--data-root", g.Root, "--exec-root", filepath.Join(g.dir, "exec"),
@@ -107,7 +123,7 @@ func (g *Engine2) Start(t testing.TB) {
 		"--storage-driver", "vfs", "--iptables=false", "--ip-masq=false", "--bridge=none")
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	g.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(g.cmd, g.done)
@@ -118,16 +134,31 @@ func (g *Engine2) Start(t testing.TB) {
 		cancel()
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		select {
 		case <-g.done:
-			b, _ := os.ReadFile(g.logPath)
-			t.Fatalf("the second dockerd exited at start:\n%s", lastLines(string(b), 20))
+			g.cmd = nil
+			return fmt.Errorf("it exited at start: %s", g.errors())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	t.Fatalf("the second dockerd did not answer on %s", g.Host)
+	return fmt.Errorf("it did not answer on %s: %s", g.Host, g.errors())
+}
+
+// errors is the last error lines of dockerd's log.
+func (g *Engine2) errors() string {
+	b, _ := os.ReadFile(g.logPath)
+	var errs []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "level=error") || strings.Contains(l, "level=fatal") || strings.HasPrefix(l, "failed") {
+			errs = append(errs, l)
+		}
+	}
+	if len(errs) > 5 {
+		errs = errs[len(errs)-5:]
+	}
+	return strings.Join(errs, "\n")
 }
 
 // Stop stops dockerd: SIGTERM (it stops its containers, as a service
@@ -152,13 +183,34 @@ func (g *Engine2) Stop(t testing.TB, sig syscall.Signal) {
 // ends dockerd and the containerd it supervises.
 func (g *Engine2) stop(t testing.TB) {
 	if g.cmd == nil {
-		g.Start(t) // killed by the test: its containers still run
+		// Killed by the test: its containers still run.
+		if err := g.start(t); err != nil {
+			t.Logf("the second dockerd, started again to clean up: %v", err)
+		}
 	}
 	c := fmt.Sprintf("docker -H %s ps -aq | xargs -r docker -H %s rm -f", g.Host, g.Host)
 	if out, err := exec.Command("sh", "-c", c).CombinedOutput(); err != nil {
 		t.Errorf("remove the second engine's containers: %v\n%s", err, out)
 	}
 	g.Stop(t, syscall.SIGTERM)
+	// Should the engine not have come back, its containers' shims (in its
+	// own containerd namespace) and their processes run on: end them.
+	if out, err := exec.Command("pgrep", "-f", "containerd-shim.* -namespace "+g.NetNS+" ").Output(); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			pid, _ := strconv.Atoi(f)
+			if kids, err := exec.Command("pgrep", "-P", f).Output(); err == nil {
+				for _, k := range strings.Fields(string(kids)) {
+					if kp, err := strconv.Atoi(k); err == nil {
+						syscall.Kill(kp, syscall.SIGKILL)
+					}
+				}
+			}
+			if pid > 1 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		t.Errorf("the second engine left container shims running; killed them")
+	}
 	if b, err := os.ReadFile(filepath.Join(g.dir, "exec", "containerd", "containerd.pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
 			if p, err := os.FindProcess(pid); err == nil && processIsContainerd(pid) {
