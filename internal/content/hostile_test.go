@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-robotics/berth/internal/release"
 )
@@ -126,7 +127,7 @@ func TestHostileLayers(t *testing.T) {
 }
 
 // truncatedTar is a header declaring size bytes of content, and no content.
-func truncatedTar(t *testing.T, size int64) []byte {
+func truncatedTar(t testing.TB, size int64) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)
@@ -140,7 +141,7 @@ func truncatedTar(t *testing.T, size int64) []byte {
 // sparseTar is an old-GNU sparse file ('S') whose real size is realSize and
 // whose one data fragment is at the very end: a reader that expands holes
 // produces realSize bytes of zeros from a few hundred bytes of input.
-func sparseTar(t *testing.T, realSize int64) []byte {
+func sparseTar(t testing.TB, realSize int64) []byte {
 	t.Helper()
 	var blk [512]byte
 	copy(blk[0:], "sparse")
@@ -218,4 +219,41 @@ func paxTar(t *testing.T, size int) []byte {
 	copy(hdr[148:], octal(sum, 7))
 	hdr[155] = ' '
 	return out
+}
+
+// FuzzSplit: layers arrive from anyone's image archive (berth push of a
+// docker save file) and from the fleet server's registry endpoint. Split
+// must never panic, never produce more content than it read (the sparse
+// expansion TestHostileLayers found), and what it splits must rebuild byte
+// for byte.
+func FuzzSplit(f *testing.F) {
+	f.Add(layer(f, bytes.Repeat([]byte("berth"), 50_000), time.Unix(1700000000, 0)))
+	f.Add(sparseTar(f, 1<<20))
+	f.Add(truncatedTar(f, 1<<30))
+	f.Add(make([]byte, 1024))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		pieces := map[Digest][]byte{}
+		var total int
+		ix, err := Split(bytes.NewReader(data), func(d Digest, b []byte) error {
+			total += len(b)
+			pieces[d] = append([]byte(nil), b...)
+			return nil
+		})
+		if total > len(data) {
+			t.Fatalf("split %d bytes of content out of a %d-byte layer", total, len(data))
+		}
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := Rebuild(ix, func(d Digest) ([]byte, error) { return pieces[d], nil }, &out); err != nil {
+			t.Fatalf("rebuild: %v", err)
+		}
+		if !bytes.Equal(out.Bytes(), data) {
+			t.Fatal("the rebuilt layer differs")
+		}
+		if _, err := DecodeIndex(ix.Encode()); err != nil {
+			t.Fatalf("the index does not decode: %v", err)
+		}
+	})
 }
