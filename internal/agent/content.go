@@ -70,13 +70,13 @@ func (a *Agent) serveMissing(w http.ResponseWriter, r *http.Request) {
 }
 
 // servePieces stores one batch; every piece is checked against its digest.
+// It reads the batch as it arrives: when the link is cut in the middle, the
+// whole pieces that came are kept, and a rerun sends only the rest.
 func (a *Agent) servePieces(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
-	if err != nil {
-		writeError(w, fmt.Errorf("pieces: %v: %w", err, release.ErrInvalid))
-		return
+	resp, err := transfer.Receiver{Store: a.content}.PutBatchFrom(http.MaxBytesReader(w, r.Body, maxBatch))
+	if resp.Stored > 0 && err != nil {
+		a.log.Info("a batch of pieces broke off; kept what arrived", "stored", resp.Stored, "error", err)
 	}
-	resp, err := transfer.Receiver{Store: a.content}.PutBatch(body)
 	reply(w, resp, err)
 }
 

@@ -137,14 +137,6 @@ func checkPieces(t *testing.T, dir string) {
 	t.Logf("%d pieces in the store, each whole", n)
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
-
 // TestFullEngineDisk gives a device an engine of its own whose data root is
 // a small loop-mounted filesystem, and fills it: a deploy and a push are
 // refused with the reason before anything is sent or changed, the running

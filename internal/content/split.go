@@ -41,6 +41,12 @@ func Split(r io.Reader, put PutFunc) (*Index, error) {
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return nil, fmt.Errorf("split layer: %w", err)
 	}
+	// Bytes tar-split read but did not record (after a truncated entry)
+	// would make a layer that cannot be rebuilt: refuse it here, not on the
+	// device after the transfer.
+	if n := in.n.Load(); n != ix.Size {
+		return nil, fmt.Errorf("split layer: %d of its %d bytes are not part of its tar stream: %w", n-ix.Size, n, release.ErrInvalid)
+	}
 	copy(ix.DiffID[:], h.Sum(nil))
 	return ix, nil
 }
