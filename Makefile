@@ -46,7 +46,7 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 faults: ## the fault suite at full length, as root (~25 min; docs/reliability.md): 100 kills, 20 engine restarts, 20 link cuts
 	BERTH_FAULT_KILLS=100 BERTH_FAULT_ENGINE_RESTARTS=20 BERTH_FAULT_CUTS=20 \
 	  $(GO) test ./internal/berthtest -count 1 -v -timeout 90m \
-	  -run '^(TestKillAtRandomPoints|TestEngineRestartMidSwitch|TestPushOverFaultyLink|TestFullStateDisk|TestFullEngineDisk|TestKillDuringSwitch)$$'
+	  -run '^(TestKillAtRandomPoints|TestEngineRestartMidSwitch|TestPushOverFaultyLink|TestFullStateDisk|TestFullEngineDisk|TestEngineCrashDuringStop|TestKillDuringSwitch)$$'
 	$(GO) test ./internal/content ./internal/transfer -count 1 -v -run 'Hostile'
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
