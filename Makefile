@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --dirty --always 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build test test-short test-integration lint fuzz bench bench-fleet cross screenshots quickstart clean
+.PHONY: help build test test-short test-integration lint fuzz faults bench bench-fleet cross screenshots quickstart clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzImageRegistration$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzStatePatch$$' -fuzztime 60s
 	$(GO) test ./internal/mergepatch -run '^$$' -fuzz '^FuzzDiffApply$$' -fuzztime 60s
+	$(GO) test ./internal/content -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime 60s
+	$(GO) test ./internal/signing -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s
+
+faults: ## the fault suite at full length, as root (~15 min; docs/reliability.md): 100 kills, 20 engine restarts, 20 link cuts
+	BERTH_FAULT_KILLS=100 BERTH_FAULT_ENGINE_RESTARTS=20 BERTH_FAULT_CUTS=20 \
+	  $(GO) test ./internal/berthtest -count 1 -v -timeout 90m \
+	  -run '^(TestKillAtRandomPoints|TestEngineRestartMidSwitch|TestPushOverFaultyLink|TestFullStateDisk|TestFullEngineDisk|TestEngineCrashDuringStop|TestKillDuringSwitch)$$'
+	$(GO) test ./internal/content ./internal/transfer -count 1 -v -run 'Hostile'
 
 bench: ## benchmarks (results go in BENCHMARKS.md)
 	$(GO) test ./bench/... -run '^$$' -bench . -benchtime 5x -count 1

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/imagetar"
 	"github.com/berth-robotics/berth/internal/localapi"
@@ -22,10 +24,10 @@ const maxBatch = transfer.MaxBatch
 
 // ContentInfo says what the device holds, for a sender to plan a transfer.
 func (a *Agent) ContentInfo(ctx context.Context) (*localapi.ContentInfo, error) {
-	info := &localapi.ContentInfo{OS: "linux", Arch: runtime.GOARCH, StateFree: freeBytes(a.cfg.StateDir), MinFree: a.cfg.MinFreeMB << 20, Layers: []string{}, Chains: []string{}, Images: []string{}}
+	info := &localapi.ContentInfo{OS: "linux", Arch: runtime.GOARCH, StateFree: reportedFree(a.cfg.StateDir), MinFree: a.cfg.MinFreeMB << 20, Layers: []string{}, Chains: []string{}, Images: []string{}}
 	if ei, err := a.eng.Info(ctx); err == nil {
 		info.Arch = ei.Arch
-		info.EngineFree = freeBytes(ei.RootDir)
+		info.EngineFree = reportedFree(ei.RootDir)
 	}
 	layers, err := a.content.Layers()
 	if err != nil {
@@ -68,13 +70,13 @@ func (a *Agent) serveMissing(w http.ResponseWriter, r *http.Request) {
 }
 
 // servePieces stores one batch; every piece is checked against its digest.
+// It reads the batch as it arrives: when the link is cut in the middle, the
+// whole pieces that came are kept, and a rerun sends only the rest.
 func (a *Agent) servePieces(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatch))
-	if err != nil {
-		writeError(w, fmt.Errorf("pieces: %v: %w", err, release.ErrInvalid))
-		return
+	resp, err := transfer.Receiver{Store: a.content}.PutBatchFrom(http.MaxBytesReader(w, r.Body, maxBatch))
+	if resp.Stored > 0 && err != nil {
+		a.log.Info("a batch of pieces broke off; kept what arrived", "stored", resp.Stored, "error", err)
 	}
-	resp, err := transfer.Receiver{Store: a.content}.PutBatch(body)
 	reply(w, resp, err)
 }
 
@@ -141,7 +143,7 @@ func (a *Agent) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.L
 		}
 	}
 	if ei, err := a.eng.Info(ctx); err == nil {
-		if free := freeBytes(ei.RootDir); free > 0 && free < uint64(need)+a.cfg.MinFreeMB<<20 {
+		if free, known := freeSpace(ei.RootDir); known && free < uint64(need)+a.cfg.MinFreeMB<<20 {
 			return nil, fmt.Errorf("loading needs %d MiB on the engine's disk, %d MiB are free (keeping %d MiB); nothing was loaded, the running release keeps running: %w", need>>20, free>>20, a.cfg.MinFreeMB, release.ErrNoSpace)
 		}
 	}
@@ -263,4 +265,26 @@ func (a *Agent) releaseLayers(ctx context.Context, currentOnly bool) (map[conten
 		}
 	}
 	return keep, nil
+}
+
+// freeSpace is the free space on dir's filesystem, and whether it could be
+// measured (the engine's root directory may not be visible to berthd).
+func freeSpace(dir string) (uint64, bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return st.Bavail * uint64(st.Bsize), true
+}
+
+// reportedFree is free space as ContentInfo reports it, where 0 means
+// unknown to the sender: a full disk reports 1 byte, so that the sender's
+// preflight refuses it (as 0 it skipped the check and sent until the
+// device's writes failed with ENOSPC).
+func reportedFree(dir string) uint64 {
+	free, known := freeSpace(dir)
+	if known && free == 0 {
+		return 1
+	}
+	return free
 }

@@ -131,9 +131,24 @@ func Teardown() {
 	}
 	// Images tests built under berthtest/ that their own cleanup could not
 	// remove while a device's container still used them (cleanups run in
-	// reverse order): every device is gone now.
-	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--filter", "reference=berthtest/*").Output(); err == nil {
-		if ids := strings.Fields(string(out)); len(ids) > 0 {
+	// reverse order): every device is gone now. The shared images of other
+	// test processes on the same engine (label berthtest.run of another
+	// run) are theirs: removing them made those runs fail with "images not
+	// on the device's engine".
+	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "reference=berthtest/*").Output(); err == nil {
+		others := map[string]bool{}
+		if o, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "label=berthtest.run").Output(); err == nil {
+			for _, id := range strings.Fields(string(o)) {
+				others[id] = true
+			}
+		}
+		var ids []string
+		for _, id := range strings.Fields(string(out)) {
+			if !others[id] {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) > 0 {
 			_ = exec.CommandContext(ctx, "docker", append([]string{"rmi", "-f"}, ids...)...).Run()
 		}
 	}
@@ -208,9 +223,29 @@ func (e *Env) NewFleetDevice(t testing.TB, url, key string, args ...string) *Dev
 	return e.newDevice(t, Policy, append([]string{"--server", url, "--provisioning-key", key, "--poll-wait", "3s"}, args...)...)
 }
 
+// NewDeviceIn starts a device whose state directory and socket are under
+// base (a small filesystem, in the fault tests).
+func (e *Env) NewDeviceIn(t testing.TB, base, policy string) *Device {
+	t.Helper()
+	return e.newDeviceIn(t, base, "", policy)
+}
+
+// NewDeviceOn starts a device whose agent drives the engine at host (a
+// second engine, in the fault tests), its state under base ("" for a
+// temporary directory).
+func (e *Env) NewDeviceOn(t testing.TB, host, base, policy string) *Device {
+	t.Helper()
+	return e.newDeviceIn(t, base, host, policy, "--docker-host", host)
+}
+
 func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "bt-")
+	return e.newDeviceIn(t, "", "", policy, args...)
+}
+
+func (e *Env) newDeviceIn(t testing.TB, base, host, policy string, args ...string) *Device {
+	t.Helper()
+	dir, err := os.MkdirTemp(base, "bt-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +256,7 @@ func (e *Env) newDevice(t testing.TB, policy string, args ...string) *Device {
 	if err := os.WriteFile(filepath.Join(d.StateDir, "config.json"), []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.eng, err = engine.New(context.Background(), "", d.Name)
+	d.eng, err = engine.New(context.Background(), host, d.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,19 +284,8 @@ func (d *Device) Engine() *engine.Client { return d.eng }
 // Start starts berthd (again), with extra environment, and waits for its socket.
 func (d *Device) Start(t testing.TB, extraEnv ...string) {
 	t.Helper()
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(d.StateDir), "berthd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.log = logf
-	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), append([]string{"--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket}, d.args...)...)
-	d.cmd.Env = append(os.Environ(), extraEnv...)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(d.cmd, d.done)
+	d.StartNoWait(t, extraEnv...)
+	logf := d.log
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		cl := d.Client()
@@ -278,6 +302,25 @@ func (d *Device) Start(t testing.TB, extraEnv ...string) {
 		}
 	}
 	t.Fatalf("berthd %s did not answer on %s", d.Name, d.Socket)
+}
+
+// StartNoWait starts berthd (again) and returns at once: the fault tests
+// kill it while it recovers, before it serves.
+func (d *Device) StartNoWait(t testing.TB, extraEnv ...string) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(d.StateDir), "berthd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.log = logf
+	d.cmd = exec.Command(filepath.Join(d.env.Bin, "berthd"), append([]string{"--name", d.Name, "--state-dir", d.StateDir, "--socket", d.Socket}, d.args...)...)
+	d.cmd.Env = append(os.Environ(), extraEnv...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(d.cmd, d.done)
 }
 
 // Kill stops berthd with SIGKILL, as a power cut would.

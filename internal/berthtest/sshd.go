@@ -35,6 +35,12 @@ func (s *SSHD) Write(b []byte) (int, error) {
 // outside CI, a failure in CI. It is stopped at cleanup.
 func (e *Env) NewSSHD(t testing.TB) *SSHD {
 	t.Helper()
+	return e.NewSSHDAt(t, "127.0.0.1")
+}
+
+// NewSSHDAt is NewSSHD listening on ip (a link of the test's own).
+func (e *Env) NewSSHDAt(t testing.TB, ip string) *SSHD {
+	t.Helper()
 	sshd, err := exec.LookPath("sshd")
 	if err != nil {
 		sshd = "/usr/sbin/sshd"
@@ -62,14 +68,14 @@ func (e *Env) NewSSHD(t testing.TB) *SSHD {
 	}
 	write(t, filepath.Join(dir, "authorized_keys"), string(pub))
 	_ = os.MkdirAll("/run/sshd", 0o755) // sshd as root wants its privilege separation dir
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	write(t, filepath.Join(dir, "sshd_config"), sshtest.Config(fmt.Sprintf("127.0.0.1:%d", s.Port), dir, []string{"host_ed25519"}))
-	write(t, filepath.Join(ssh, "config"), fmt.Sprintf("Host robot\n  HostName 127.0.0.1\n  Port %d\n  User root\n  IdentityFile ~/.ssh/id_ed25519\n", s.Port))
+	write(t, filepath.Join(dir, "sshd_config"), sshtest.Config(fmt.Sprintf("%s:%d", ip, s.Port), dir, []string{"host_ed25519"}))
+	write(t, filepath.Join(ssh, "config"), fmt.Sprintf("Host robot\n  HostName %s\n  Port %d\n  User root\n  IdentityFile ~/.ssh/id_ed25519\n", ip, s.Port))
 	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
 	cmd.Stdout, cmd.Stderr = s, s
 	if err := cmd.Start(); err != nil {
@@ -88,7 +94,7 @@ func (e *Env) NewSSHD(t testing.TB) *SSHD {
 		}
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port)); err == nil {
+		if c, err := net.Dial("tcp", net.JoinHostPort(ip, fmt.Sprint(s.Port))); err == nil {
 			c.Close()
 			return s
 		}

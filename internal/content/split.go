@@ -2,9 +2,11 @@ package content
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash/crc64"
 	"io"
+	"sync/atomic"
 
 	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
@@ -21,8 +23,9 @@ type PutFunc func(d Digest, data []byte) error
 func Split(r io.Reader, put PutFunc) (*Index, error) {
 	h := sha256.New()
 	ix := &Index{}
-	sp := &splitter{ix: ix, put: put}
-	tee := io.TeeReader(r, h)
+	in := &countingReader{r: r}
+	sp := &splitter{ix: ix, put: put, in: in}
+	tee := io.TeeReader(in, h)
 	out, err := asm.NewInputTarStream(tee, sp, sp)
 	if err != nil {
 		return nil, fmt.Errorf("split layer: %w", err)
@@ -30,10 +33,19 @@ func Split(r io.Reader, put PutFunc) (*Index, error) {
 	// The stream returned passes the tar through; drain it (and any padding
 	// after the end blocks, which tar-split records as a segment).
 	if _, err := io.Copy(io.Discard, out); err != nil {
+		if errors.Is(err, release.ErrInvalid) {
+			return nil, fmt.Errorf("split layer: %w", err)
+		}
 		return nil, fmt.Errorf("split layer: not a valid tar: %v: %w", err, release.ErrInvalid)
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return nil, fmt.Errorf("split layer: %w", err)
+	}
+	// Bytes tar-split read but did not record (after a truncated entry)
+	// would make a layer that cannot be rebuilt: refuse it here, not on the
+	// device after the transfer.
+	if n := in.n.Load(); n != ix.Size {
+		return nil, fmt.Errorf("split layer: %d of its %d bytes are not part of its tar stream: %w", n-ix.Size, n, release.ErrInvalid)
 	}
 	copy(ix.DiffID[:], h.Sum(nil))
 	return ix, nil
@@ -47,6 +59,20 @@ type splitter struct {
 	put     PutFunc
 	pending []Piece
 	buf     []byte
+	in      *countingReader
+	files   int64 // content bytes of the files before this one
+}
+
+// countingReader counts the bytes of the layer read so far.
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func (s *splitter) AddEntry(e storage.Entry) (int, error) {
@@ -69,7 +95,7 @@ func (s *splitter) AddEntry(e storage.Entry) (int, error) {
 	return len(s.ix.Entries) - 1, nil
 }
 
-func (s *splitter) Put(_ string, r io.Reader) (int64, []byte, error) {
+func (s *splitter) Put(name string, r io.Reader) (int64, []byte, error) {
 	crc := crc64.New(storage.CRCTable)
 	var total int64
 	var pieces []Piece
@@ -93,6 +119,13 @@ func (s *splitter) Put(_ string, r io.Reader) (int64, []byte, error) {
 				eof = true
 			} else if err != nil {
 				return 0, nil, err
+			}
+			// File contents come out of the layer's bytes: more content
+			// than bytes read is a sparse entry, whose holes the tar
+			// reader expands (a few hundred bytes claiming a petabyte of
+			// zeros). Docker never writes those; refuse them.
+			if s.files+total+int64(len(buf)) > s.in.n.Load() {
+				return 0, nil, fmt.Errorf("%s: its content is larger than the layer's bytes (a sparse file? berth does not carry sparse tar entries): %w", name, release.ErrInvalid)
 			}
 		}
 		if len(buf) == 0 {
@@ -118,6 +151,7 @@ func (s *splitter) Put(_ string, r io.Reader) (int64, []byte, error) {
 		buf = buf[:copy(buf, buf[n:])]
 	}
 	s.pending = pieces
+	s.files += total
 	return total, crc.Sum(nil), nil
 }
 

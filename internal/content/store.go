@@ -6,8 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -23,11 +23,19 @@ import (
 // Writes are crash-safe (temp file, fsync, rename); reads verify the digest,
 // and a piece that fails is removed so that it is fetched again.
 type Store struct {
-	dir string
-	enc *zstd.Encoder
-	dec *zstd.Decoder
-	mu  sync.Mutex // guards enc (EncodeAll is safe, but kept simple for Close)
+	dir  string
+	enc  *zstd.Encoder
+	dec  *zstd.Decoder // indexes (bounded by what an index may be)
+	pdec *zstd.Decoder // pieces: at most MaxPiece bytes
+	mu   sync.Mutex    // guards enc (EncodeAll is safe, but kept simple for Close)
 }
+
+// MaxPiece bounds a piece: the largest is an image config (at most 16 MiB
+// where configs are read: imagetar, the server's registry); Split cuts file
+// content at maxChunk. A compressed piece that would expand beyond it is
+// refused before it takes the memory (the bound was 2 GiB: a frame of a few
+// KiB made the receiver allocate that much).
+const MaxPiece = 16 << 20
 
 // Open opens (creating if needed) a store in dir.
 func Open(dir string) (*Store, error) {
@@ -53,12 +61,17 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{dir: dir, enc: enc, dec: dec}, nil
+	pdec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPiece))
+	if err != nil {
+		return nil, err
+	}
+	return &Store{dir: dir, enc: enc, dec: dec, pdec: pdec}, nil
 }
 
 // Close releases the codecs.
 func (s *Store) Close() error {
 	s.dec.Close()
+	s.pdec.Close()
 	return s.enc.Close()
 }
 
@@ -79,6 +92,9 @@ func (s *Store) Has(d Digest) bool {
 
 // Put stores a piece after checking that data is what d names.
 func (s *Store) Put(d Digest, data []byte) error {
+	if len(data) > MaxPiece {
+		return fmt.Errorf("piece %s: %d bytes, more than a piece may be (%d): %w", d, len(data), MaxPiece, ErrCorrupt)
+	}
 	if Sum(data) != d {
 		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
 	}
@@ -105,6 +121,9 @@ func (s *Store) Batch() *Batch { return &Batch{s: s, seen: map[Digest]bool{}} }
 
 // Put adds a piece, checked against d.
 func (b *Batch) Put(d Digest, data []byte) error {
+	if len(data) > MaxPiece {
+		return fmt.Errorf("piece %s: %d bytes, more than a piece may be (%d): %w", d, len(data), MaxPiece, ErrCorrupt)
+	}
 	if Sum(data) != d {
 		return fmt.Errorf("piece %s: %w", d, ErrCorrupt)
 	}
@@ -116,7 +135,7 @@ func (b *Batch) Put(d Digest, data []byte) error {
 
 // PutCompressed adds a piece that arrives zstd-compressed, checked against d.
 func (b *Batch) PutCompressed(d Digest, z []byte) error {
-	data, err := b.s.dec.DecodeAll(z, nil)
+	data, err := b.s.pdec.DecodeAll(z, nil)
 	if err != nil {
 		return fmt.Errorf("piece %s: bad compression: %v: %w", d, err, ErrCorrupt)
 	}
@@ -140,10 +159,7 @@ func (b *Batch) add(d Digest, z []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		if strings.Contains(err.Error(), "no space") {
-			return fmt.Errorf("content store %s: %v: %w", b.s.dir, err, release.ErrNoSpace)
-		}
-		return err
+		return noSpace(b.s.dir, err)
 	}
 	b.dst = append(b.dst, b.s.piecePath(d))
 	b.seen[d] = true
@@ -157,14 +173,14 @@ func (b *Batch) Commit() error {
 		return nil
 	}
 	if err := flush(b.s.dir, b.tmp); err != nil {
-		return err
+		return noSpace(b.s.dir, err)
 	}
 	for i, dst := range b.dst {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-			return err
+			return noSpace(b.s.dir, err)
 		}
 		if err := os.Rename(b.tmp[i], dst); err != nil {
-			return err
+			return noSpace(b.s.dir, err)
 		}
 	}
 	b.tmp, b.dst = nil, nil
@@ -181,7 +197,7 @@ func (b *Batch) Abort() {
 
 // PutCompressed stores a piece that arrives zstd-compressed, checking it.
 func (s *Store) PutCompressed(d Digest, z []byte) error {
-	data, err := s.dec.DecodeAll(z, nil)
+	data, err := s.pdec.DecodeAll(z, nil)
 	if err != nil {
 		return fmt.Errorf("piece %s: bad compression: %v: %w", d, err, ErrCorrupt)
 	}
@@ -201,7 +217,7 @@ func (s *Store) Get(d Digest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := s.dec.DecodeAll(z, nil)
+	data, err := s.pdec.DecodeAll(z, nil)
 	if err != nil || Sum(data) != d {
 		_ = os.Remove(s.piecePath(d))
 		return nil, fmt.Errorf("piece %s is damaged on disk (removed; it will be fetched again): %w", d, ErrCorrupt)
@@ -354,26 +370,33 @@ func (s *Store) GC(p GCPolicy) (GCStats, error) {
 
 func (s *Store) write(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
 	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "put-*")
 	if err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		if strings.Contains(err.Error(), "no space") {
-			return fmt.Errorf("content store %s: %v: %w", s.dir, err, release.ErrNoSpace)
-		}
-		return err
+		return noSpace(s.dir, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return noSpace(s.dir, err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return noSpace(s.dir, err)
 	}
-	return os.Rename(f.Name(), path)
+	return noSpace(s.dir, os.Rename(f.Name(), path))
+}
+
+// noSpace marks a write that failed for want of space (or of inodes, on a
+// full disk) as release.ErrNoSpace, which the API answers as such instead of
+// an internal error (it was HTTP 500 when a directory could not be created).
+func noSpace(dir string, err error) error {
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+		return fmt.Errorf("content store %s: %v: %w", dir, err, release.ErrNoSpace)
+	}
+	return err
 }

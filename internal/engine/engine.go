@@ -168,8 +168,15 @@ func (c *Client) Inspect(ctx context.Context, id string) (release.Container, err
 }
 
 // Start starts a container.
+//
+// A container the engine cannot start because it still holds a task for it
+// ("task … already exists": seen after the engine crashed while stopping the
+// container) is release.ErrConflict, so that the caller can make it again.
 func (c *Client) Start(ctx context.Context, id string) error {
 	if err := c.api.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		if strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("start container %s: %v: %w", id, err, release.ErrConflict)
+		}
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
 	return nil

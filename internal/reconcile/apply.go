@@ -185,7 +185,22 @@ func (r *Runner) run(ctx context.Context, target *release.Release, s Step, note 
 		if c.Running() {
 			return nil
 		}
-		if err := e.Start(ctx, id); err != nil {
+		err = e.Start(ctx, id)
+		if errors.Is(err, release.ErrConflict) {
+			// The engine holds a stale task for the container and will not
+			// start it (after it crashed mid-stop): make the container
+			// again. Named volumes keep the data; only the container's own
+			// writable layer goes, which berth never promised to keep.
+			note(fmt.Sprintf("the engine cannot start the %s container it has (%v); re-creating it", s.Service, err))
+			if rerr := e.Remove(ctx, id); rerr != nil {
+				return &Failure{Service: s.Service, Reason: startHint(err) + "; removing it to re-create it failed too: " + rerr.Error()}
+			}
+			if id, err = e.Create(ctx, target, s.Service, r.LockDir(app)); err != nil {
+				return &Failure{Service: s.Service, Reason: err.Error()}
+			}
+			err = e.Start(ctx, id)
+		}
+		if err != nil {
 			return &Failure{Service: s.Service, Reason: startHint(err), Logs: r.tail(ctx, id)}
 		}
 		return nil

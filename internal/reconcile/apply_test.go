@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ type fakeEngine struct {
 	containers map[string]*release.Container
 	calls      []string
 	now        func() time.Time
+	stale      map[string]bool // containers the engine holds a stale task for
 }
 
 func (f *fakeEngine) Containers(_ context.Context, app string) ([]release.Container, error) {
@@ -42,6 +44,9 @@ func (f *fakeEngine) Create(_ context.Context, rel *release.Release, service, _ 
 }
 func (f *fakeEngine) Start(_ context.Context, id string) error {
 	f.calls = append(f.calls, "start "+id)
+	if f.stale[id] {
+		return fmt.Errorf("start container %s: task %s: already exists: %w", id, id, release.ErrConflict)
+	}
 	f.containers[id].State = "running"
 	f.containers[id].StartedAt = f.now()
 	return nil
@@ -54,6 +59,7 @@ func (f *fakeEngine) Stop(_ context.Context, id string, _ time.Duration) error {
 func (f *fakeEngine) Remove(_ context.Context, id string) error {
 	f.calls = append(f.calls, "remove "+id)
 	delete(f.containers, id)
+	delete(f.stale, id)
 	return nil
 }
 func (f *fakeEngine) ImageID(_ context.Context, ref string) (string, error) {
@@ -194,5 +200,39 @@ func TestApplyVerify(t *testing.T) {
 				t.Errorf("lock held %d released %d times", l.held, l.released)
 			}
 		})
+	}
+}
+
+// TestStartRecreatesAStaleContainer: after the engine crashed while stopping
+// a container, it may refuse to start it again ("task … already exists").
+// Starting it — as a rollback does for the old release — removes it and
+// creates it again from the release instead of failing the app.
+func TestStartRecreatesAStaleContainer(t *testing.T) {
+	v1 := single("1", nil)
+	f := &fakeEngine{
+		containers: map[string]*release.Container{
+			"web-1": {ID: "web-1", Service: "web", SpecHash: v1.Spec.Services["web"].Hash(), Release: v1.ID, State: "exited", Health: release.HealthNone},
+		},
+		stale: map[string]bool{"web-1": true},
+	}
+	r, _ := newRunner(f, nil)
+	f.now = r.Now
+	steps, err := Plan(v1, []release.Container{*f.containers["web-1"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	if err := r.Apply(context.Background(), "rollback", v1, v1, steps, &memJournal{}, func(_ int, _ Step, msg string) { notes = append(notes, msg) }); err != nil {
+		t.Fatalf("Apply: %v (calls %v)", err, f.calls)
+	}
+	if c := f.containers["web-1"]; c == nil || c.State != "running" {
+		t.Fatalf("web-1 not running again: %+v (calls %v)", c, f.calls)
+	}
+	want := "start web-1 remove web-1 create web start web-1"
+	if got := strings.Join(f.calls, " "); !strings.Contains(got, want) {
+		t.Errorf("calls %q, want them to contain %q", got, want)
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "re-creating it") {
+		t.Errorf("nothing said about re-creating it: %q", notes)
 	}
 }

@@ -9,10 +9,13 @@
 package transfer
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -84,46 +87,88 @@ func CompressBatch(enc *zstd.Encoder, b []byte) []byte {
 
 // DecodeFrames reads a batch from untrusted bytes and calls fn for each frame.
 func DecodeFrames(data []byte, fn func(Frame) error) error {
-	if bytes.HasPrefix(data, []byte(zframesMagic)) {
-		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxBatch))
+	return DecodeFramesFrom(bytes.NewReader(data), fn)
+}
+
+// DecodeFramesFrom reads a batch from an untrusted stream and calls fn for
+// each frame as soon as it is whole, so that a receiver can keep the frames
+// of a batch whose stream broke off (a cut link) instead of losing the
+// batch. A compressed batch is decoded as it arrives, to at most MaxBatch
+// bytes.
+func DecodeFramesFrom(src io.Reader, fn func(Frame) error) error {
+	br := bufio.NewReaderSize(src, 64<<10)
+	head, err := br.Peek(len(framesMagic))
+	if err != nil {
+		return fmt.Errorf("pieces: not a berth batch: %w", release.ErrInvalid)
+	}
+	var r *bufio.Reader
+	switch string(head) {
+	case zframesMagic:
+		br.Discard(len(zframesMagic))
+		dec, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxBatch), zstd.WithDecoderMaxWindow(MaxBatch))
 		if err != nil {
 			return err
 		}
 		defer dec.Close()
-		inner, err := dec.DecodeAll(data[len(zframesMagic):], nil)
-		if err != nil {
+		lr := &limitedReader{r: dec, left: MaxBatch}
+		r = bufio.NewReaderSize(lr, 64<<10)
+		inner, err := r.Peek(len(framesMagic))
+		if err != nil && len(inner) < len(framesMagic) {
 			return fmt.Errorf("pieces: the compressed batch is damaged (%v); nothing of it was stored, the next run sends it again: %w", err, release.ErrInvalid)
 		}
-		data = inner
+		head = inner
+	default:
+		r = br
 	}
-	if !bytes.HasPrefix(data, []byte(framesMagic)) {
+	if string(head) != framesMagic {
 		return fmt.Errorf("pieces: not a berth batch: %w", release.ErrInvalid)
 	}
-	r := bytes.NewReader(data[len(framesMagic):])
+	r.Discard(len(framesMagic))
 	bad := func(i int, what string) error {
 		return fmt.Errorf("pieces: frame %d: %s: %w", i, what, release.ErrInvalid)
 	}
-	for i := 0; r.Len() > 0; i++ {
+	// broken says what to do when the stream ends inside a frame: the
+	// frames before it were handed to fn.
+	broken := func(i int, err error) error {
+		if errors.Is(err, errTooBig) {
+			return bad(i, "the batch grows past its limit")
+		}
+		return fmt.Errorf("pieces: the batch broke off in frame %d (%v); the frames before it were kept, the next run sends the rest: %w", i, err, release.ErrInvalid)
+	}
+	for i := 0; ; i++ {
 		f := Frame{}
-		f.Kind, _ = r.ReadByte()
+		kind, err := r.ReadByte()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return broken(i, err)
+		}
+		f.Kind = kind
 		switch f.Kind {
 		case KindPiece, KindRaw:
 			if _, err := io.ReadFull(r, f.Digest[:]); err != nil {
-				return bad(i, "truncated")
+				return broken(i, err)
 			}
 		case KindDelta:
 			for _, list := range []*[]content.Piece{&f.Base, &f.Targets} {
 				n, err := binary.ReadUvarint(r)
-				if err != nil || n == 0 || n > maxListPieces || n > uint64(r.Len())/33 {
+				if err != nil {
+					return broken(i, err)
+				}
+				if n == 0 || n > maxListPieces {
 					return bad(i, "bad piece list")
 				}
 				for j := uint64(0); j < n; j++ {
 					var p content.Piece
 					if _, err := io.ReadFull(r, p.Digest[:]); err != nil {
-						return bad(i, "truncated piece list")
+						return broken(i, err)
 					}
 					size, err := binary.ReadUvarint(r)
-					if err != nil || size == 0 || size > maxFrame {
+					if err != nil {
+						return broken(i, err)
+					}
+					if size == 0 || size > maxFrame {
 						return bad(i, "bad piece size")
 					}
 					p.Size = uint32(size)
@@ -134,14 +179,48 @@ func DecodeFrames(data []byte, fn func(Frame) error) error {
 			return bad(i, fmt.Sprintf("unknown kind %d", f.Kind))
 		}
 		n, err := binary.ReadUvarint(r)
-		if err != nil || n == 0 || n > maxFrame || n > uint64(r.Len()) {
+		if err != nil {
+			return broken(i, err)
+		}
+		if n == 0 || n > maxFrame {
 			return bad(i, "bad length")
 		}
-		f.Data = make([]byte, n)
-		io.ReadFull(r, f.Data)
+		// Read in steps, so that a length the stream does not back takes
+		// no more memory than the bytes that came.
+		f.Data = make([]byte, 0, min(n, 1<<20))
+		for uint64(len(f.Data)) < n {
+			if len(f.Data) == cap(f.Data) {
+				f.Data = slices.Grow(f.Data, int(min(n, 2*uint64(cap(f.Data))))-len(f.Data))
+			}
+			at := len(f.Data)
+			f.Data = f.Data[:min(uint64(cap(f.Data)), n)]
+			if _, err := io.ReadFull(r, f.Data[at:]); err != nil {
+				if err == io.ErrUnexpectedEOF || err == io.EOF {
+					if _, isBytes := src.(*bytes.Reader); isBytes {
+						return bad(i, "bad length")
+					}
+				}
+				return broken(i, err)
+			}
+		}
 		if err := fn(f); err != nil {
 			return err
 		}
 	}
-	return nil
+}
+
+var errTooBig = errors.New("larger than MaxBatch")
+
+// limitedReader fails once more than left bytes come out of r.
+type limitedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if l.left -= int64(n); l.left < 0 {
+		return n, errTooBig
+	}
+	return n, err
 }

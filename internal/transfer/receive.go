@@ -1,8 +1,10 @@
 package transfer
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -47,12 +49,19 @@ func (r Receiver) Missing(q []byte) ([]byte, error) {
 // flush for the batch). Pieces stored before a bad one stay stored; the
 // error says so.
 func (r Receiver) PutBatch(body []byte) (localapi.PutPiecesResponse, error) {
+	return r.PutBatchFrom(bytes.NewReader(body))
+}
+
+// PutBatchFrom is PutBatch reading the batch as it arrives: when the stream
+// breaks off (the link was cut), the whole frames that came before are
+// stored, so the next run sends only the rest instead of the whole batch.
+func (r Receiver) PutBatchFrom(body io.Reader) (localapi.PutPiecesResponse, error) {
 	var resp localapi.PutPiecesResponse
 	b := r.Store.Batch()
 	bad := func(err error) error {
 		return fmt.Errorf("%v; %d pieces of this batch were stored, the rest will be asked for again: %w", err, resp.Stored, release.ErrInvalid)
 	}
-	err := DecodeFrames(body, func(f Frame) error {
+	err := DecodeFramesFrom(body, func(f Frame) error {
 		if f.Kind == KindDelta {
 			n, err := r.putDelta(b, f)
 			if err != nil {
