@@ -225,7 +225,9 @@ func (c *Content) info() (*localapi.ContentInfo, error) {
 	slices.Sort(info.Chains)
 	var st unix.Statfs_t
 	if err := unix.Statfs(c.dir, &st); err == nil {
-		info.StateFree = st.Bavail * uint64(st.Bsize)
+		// 0 would read as "unknown" to the sender: a full disk says 1
+		// byte, so that the upload is refused before it starts.
+		info.StateFree = max(1, st.Bavail*uint64(st.Bsize))
 	}
 	return info, nil
 }
