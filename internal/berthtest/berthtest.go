@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -268,14 +269,33 @@ func (e *Env) newDeviceIn(t testing.TB, base, host, policy string, args ...strin
 			t.Errorf("cleanup of device %s: %v", d.Name, err)
 		}
 		d.eng.Close()
+		b, _ := os.ReadFile(filepath.Join(dir, "berthd.log"))
+		noSecrets(t, "berthd's log of "+d.Name, b, d.secrets()...)
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "berthd.log"))
 			t.Logf("berthd log of %s:\n%s", d.Name, b)
 		}
 		os.RemoveAll(dir)
 	})
 	d.Start(t)
 	return d
+}
+
+// secrets are the device's provisioning key and token, if any: they
+// must never show in its log.
+func (d *Device) secrets() []string {
+	var out []string
+	for i, a := range d.args {
+		if a == "--provisioning-key" && i+1 < len(d.args) {
+			out = append(out, d.args[i+1])
+		}
+	}
+	var reg struct {
+		Token string `json:"token"`
+	}
+	if b, err := os.ReadFile(filepath.Join(d.StateDir, "device.json")); err == nil && json.Unmarshal(b, &reg) == nil {
+		out = append(out, reg.Token)
+	}
+	return out
 }
 
 // Engine is the engine client scoped to this device's instance name.

@@ -24,6 +24,7 @@ type Server struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	log     *os.File
+	secrets []string // that must never show in its log: tokens, keys
 }
 
 // NewServer starts a fleet server.
@@ -38,8 +39,9 @@ func (e *Env) NewServer(t testing.TB) *Server {
 	}
 	t.Cleanup(func() {
 		s.Stop()
+		b, _ := os.ReadFile(s.log.Name())
+		noSecrets(t, "berth server's log", b, s.secrets...)
 		if t.Failed() {
-			b, _ := os.ReadFile(s.log.Name())
 			t.Logf("berth server log:\n%s", b)
 		}
 		s.log.Close()
@@ -50,7 +52,18 @@ func (e *Env) NewServer(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	s.Token = strings.TrimSpace(string(b))
+	s.secrets = append(s.secrets, s.Token)
 	return s
+}
+
+// noSecrets fails the test if a log holds any of the secrets.
+func noSecrets(t testing.TB, what string, log []byte, secrets ...string) {
+	t.Helper()
+	for _, sec := range secrets {
+		if sec != "" && bytes.Contains(log, []byte(sec)) {
+			t.Errorf("%s holds a secret (%.6s…)", what, sec)
+		}
+	}
 }
 
 // Start starts the server (again, on the same address and data) and waits
@@ -120,5 +133,6 @@ func (s *Server) CreateFleet(t testing.TB, name string) string {
 	if err := json.Unmarshal([]byte(out), &fl); err != nil || fl.Key == "" {
 		t.Fatalf("fleet create --json: %v\n%s", err, out)
 	}
+	s.secrets = append(s.secrets, fl.Key)
 	return fl.Key
 }
