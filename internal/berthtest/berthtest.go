@@ -138,9 +138,17 @@ func Teardown() {
 	// on the device's engine".
 	if out, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "reference=berthtest/*").Output(); err == nil {
 		others := map[string]bool{}
+		// Images built FROM this run's test images carry its label too:
+		// those are this run's to remove.
 		if o, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "label=berthtest.run").Output(); err == nil {
+			mine := map[string]bool{}
+			if m, err := exec.CommandContext(ctx, "docker", "images", "-q", "--no-trunc", "--filter", "label=berthtest.run="+shared.run).Output(); err == nil {
+				for _, id := range strings.Fields(string(m)) {
+					mine[id] = true
+				}
+			}
 			for _, id := range strings.Fields(string(o)) {
-				others[id] = true
+				others[id] = !mine[id]
 			}
 		}
 		var ids []string
