@@ -89,11 +89,17 @@ the unit differ. The login must be root or may use sudo without a password.`,
 	return c
 }
 
-func runInstall(ctx context.Context, f installFlags, acceptNew bool, out io.Writer) error {
+// dial checks the flags (filling in what the target names) and connects to
+// the robot over SSH.
+func (f *installFlags) dial(ctx context.Context, acceptNew bool) (*sshconn.Client, error) {
 	if _, err := f.resolve(); err != nil {
-		return err
+		return nil, err
 	}
-	sc, err := sshconn.Dial(ctx, f.to, sshconn.Options{AcceptNewHostKey: acceptNew})
+	return sshconn.Dial(ctx, f.to, sshconn.Options{AcceptNewHostKey: acceptNew})
+}
+
+func runInstall(ctx context.Context, f installFlags, acceptNew bool, out io.Writer) error {
+	sc, err := f.dial(ctx, acceptNew)
 	if err != nil {
 		return err
 	}
@@ -179,10 +185,7 @@ and the berth group stays.`,
 }
 
 func runUninstall(ctx context.Context, f installFlags, acceptNew bool, out io.Writer) error {
-	if _, err := f.resolve(); err != nil {
-		return err
-	}
-	sc, err := sshconn.Dial(ctx, f.to, sshconn.Options{AcceptNewHostKey: acceptNew})
+	sc, err := f.dial(ctx, acceptNew)
 	if err != nil {
 		return err
 	}

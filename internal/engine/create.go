@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
@@ -275,17 +274,8 @@ func restartPolicy(s string) (container.RestartPolicy, error) {
 // root) with the classic builder and tags it. It needs no registry when the
 // Dockerfile starts FROM scratch or from an image already in the engine.
 func (c *Client) BuildImage(ctx context.Context, contextTar io.Reader, tag string) (string, error) {
-	resp, err := c.api.ImageBuild(ctx, contextTar, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true, Version: build.BuilderV1})
-	if err != nil {
+	if _, err := c.Build(ctx, BuildOptions{Context: contextTar, Tags: []string{tag}}, nil); err != nil {
 		return "", fmt.Errorf("build %s: %w", tag, err)
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", fmt.Errorf("build %s: %w", tag, err)
-	}
-	if i := strings.Index(string(out), `"error"`); i >= 0 {
-		return "", fmt.Errorf("build %s: %s", tag, strings.TrimSpace(string(out[i:])))
 	}
 	return c.ImageID(ctx, tag)
 }
