@@ -3,6 +3,7 @@ package berthtest
 import (
 	"context"
 	"encoding/json"
+	"github.com/berth-robotics/berth/internal/testlock"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ func TestRobotExampleBytes(t *testing.T) {
 	t.Parallel()
 	env := NewEnv(t)
 	robot := env.NewDevice(t)
+	testlock.Hold(t, testlock.ExampleBuild)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	eng, err := engine.New(ctx, "", "berthtest-bytes")

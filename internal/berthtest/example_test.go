@@ -3,6 +3,7 @@ package berthtest
 import (
 	"bytes"
 	"context"
+	"github.com/berth-robotics/berth/internal/testlock"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 func TestRobotExampleFromClone(t *testing.T) {
 	t.Parallel()
 	env := NewEnv(t)
+	testlock.Hold(t, testlock.ExampleBuild)
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)

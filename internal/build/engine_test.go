@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"github.com/berth-robotics/berth/internal/testlock"
 	"io"
 	"os"
 	"path/filepath"
@@ -111,6 +112,7 @@ func fileNames(t *testing.T, layer []byte) []string {
 // final images holds the Go toolchain or the sources.
 func TestBuildExample(t *testing.T) {
 	eng := newEngine(t)
+	testlock.Hold(t, testlock.ExampleBuild)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	goImage, err := LocalGoImage(ctx, eng)
@@ -186,6 +188,7 @@ func TestBuildExample(t *testing.T) {
 // Build secrets proper (RUN --mount=type=secret) need BuildKit: refused.
 func TestBuildStageSecretAndTarget(t *testing.T) {
 	eng := newEngine(t)
+	testlock.Hold(t, testlock.ExampleBuild)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	goImage, err := LocalGoImage(ctx, eng) // busybox inside: a shell for RUN
@@ -279,6 +282,7 @@ COPY token.txt /token
 // spec at the images it tagged.
 func TestOffline(t *testing.T) {
 	eng := newEngine(t)
+	testlock.Hold(t, testlock.ExampleBuild)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	app := "berthtest-offline-" + randomID(t)
