@@ -34,13 +34,18 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 	s.touch(ctx, d.ID)
 	version := d.TargetVersion
 	if conditional && version == known && wait > 0 {
-		wake, done, cancel := s.hub.subscribe(d.ID)
+		wake, done, handled, cancel := s.hub.subscribe(d.ID)
 		defer cancel()
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		// Subscribed first, then read: a change from now on wakes us.
-		// Woken for this device's change, the hub hands us its version.
+		// The version read with the device serves as that read if the
+		// hub handled nothing since (hub.handled). Woken for this
+		// device's change, the hub hands us its version.
 		woke := int64(-1)
+		if handled >= 0 && handled == p.handled {
+			woke = version
+		}
 	poll:
 		for {
 			if woke >= 0 {
@@ -71,46 +76,15 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 	}
 	// The version is read before the content: the content is at least as
 	// new as the ETag says, never older.
-	t, err := s.deviceTarget(ctx, d)
+	body, err := s.renderTarget(ctx, d, version)
 	if err != nil {
 		return err
 	}
-	t.Version = version
-	reply(w, http.StatusOK, t)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
 	return nil
-}
-
-// deviceTarget is what the device should run: per app its release, each
-// service's environment overlaid with the env layers that reach it
-// (the file's < fleet < service < device < device-service).
-func (s *Server) deviceTarget(ctx context.Context, d store.Device) (serverapi.Target, error) {
-	t := serverapi.Target{TargetState: release.TargetState{Apps: map[string]*release.Release{}}}
-	rels, err := s.st.DeviceReleases(ctx, d.ID)
-	if err != nil {
-		return t, err
-	}
-	layers, err := s.st.EnvLayers(ctx, d.FleetID, d.ID)
-	if err != nil {
-		return t, err
-	}
-	if t.Fleet, err = s.fleetName(ctx, d.FleetID); err != nil {
-		return t, err
-	}
-	for _, rel := range rels {
-		out := &release.Release{ID: rel.ID, App: rel.App, Version: rel.Version, Created: rel.Created}
-		if err := json.Unmarshal(rel.Spec, &out.Spec); err != nil {
-			return t, fmt.Errorf("release %s: stored spec: %w", rel.ID, err)
-		}
-		mergeEnv(&out.Spec, layers)
-		t.Apps[rel.App] = out
-		if rel.Signature != "" {
-			if t.Signatures == nil {
-				t.Signatures = map[string]serverapi.Signature{}
-			}
-			t.Signatures[rel.App] = serverapi.Signature{KeyID: rel.KeyID, Signature: rel.Signature}
-		}
-	}
-	return t, nil
 }
 
 // fleetName is a fleet's name; names never change, so each is read once.

@@ -496,3 +496,57 @@ func TestStatePatch(t *testing.T) {
 		}
 	})
 }
+
+// TestSharedTargets: devices alike get a target rendered once (the cache
+// of renderTarget), yet each gets its own: a fleet-wide env change reaches
+// all, a device's own env only that device, a fleet's target never
+// another fleet's.
+func TestSharedTargets(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{})
+		lab, yard := e.fleet("lab"), e.fleet("yard")
+		d1, cl1, _ := e.device(lab.ProvisioningKey, "robot-1")
+		d2, cl2, _ := e.device(lab.ProvisioningKey, "robot-2")
+		d3, cl3, _ := e.device(yard.ProvisioningKey, "robot-3")
+		for _, x := range []struct {
+			fleet, dev string
+		}{{"lab", d1.ID}, {"lab", d2.ID}, {"yard", d3.ID}} {
+			rel := e.release(x.fleet, "app", "v1")
+			if _, err := e.admin.Assign(ctx, x.fleet, rel.ID, serverapi.AssignRequest{Devices: []string{x.dev}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env := func(cl *serverapi.Client) (string, map[string]string) {
+			t.Helper()
+			tg, _, err := cl.Target(ctx, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tg.Fleet, tg.Apps["app"].Spec.Services["web"].Environment
+		}
+		set := func(s serverapi.EnvScope, vars map[string]string) {
+			t.Helper()
+			if _, err := e.admin.SetEnv(ctx, s, vars); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for round, v := range []string{"1", "2"} {
+			set(serverapi.EnvScope{Fleet: "lab"}, map[string]string{"A": v})
+			for _, cl := range []*serverapi.Client{cl1, cl2, cl1} {
+				if fleet, got := env(cl); fleet != "lab" || got["A"] != v {
+					t.Errorf("round %d: a lab device got fleet %q, A=%q, want lab, %s", round, fleet, got["A"], v)
+				}
+			}
+			if fleet, got := env(cl3); fleet != "yard" || got["A"] != "" {
+				t.Errorf("round %d: the yard device got fleet %q, A=%q", round, fleet, got["A"])
+			}
+		}
+		set(serverapi.EnvScope{Device: d2.ID}, map[string]string{"B": "mine"})
+		if _, got := env(cl2); got["B"] != "mine" || got["A"] != "2" {
+			t.Errorf("robot-2 with its own env: %v", got)
+		}
+		if _, got := env(cl1); got["B"] != "" || got["A"] != "2" {
+			t.Errorf("robot-1 got robot-2's env: %v", got)
+		}
+	})
+}

@@ -34,6 +34,10 @@ type principal struct {
 	user   *store.User
 	token  *store.Token
 	device *store.Device
+	// handled is the hub's watermark (hub.handled) taken before the
+	// device was read: a long poll that subscribes while it is unchanged
+	// may trust the device's target version as read (see target).
+	handled int64
 }
 
 // actor names the principal in the audit log and the request log.
@@ -113,6 +117,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 	}
 	ctx := r.Context()
 	if strings.HasPrefix(secret, "bd_") {
+		handled := s.hub.handled()
 		d, err := s.st.DeviceByToken(ctx, secret)
 		if errors.Is(err, release.ErrNotFound) {
 			return principal{}, fmt.Errorf("unknown device token (was the device deleted?): %w", errUnauthenticated)
@@ -120,7 +125,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 		if err != nil {
 			return principal{}, err
 		}
-		return principal{device: &d}, nil
+		return principal{device: &d, handled: handled}, nil
 	}
 	t, err := s.st.TokenBySecret(ctx, secret)
 	if errors.Is(err, release.ErrNotFound) {

@@ -29,6 +29,9 @@ const changesPage = 20000
 //
 // A waiter subscribes before it reads its device's target version, so a
 // change committed at any moment either shows in that read or wakes it.
+// The read can be the one made before subscribing when nothing was
+// handled in between (handled): a change committed after that read is
+// then still to be handled, and wakes the waiter.
 // A waiter woken for its own device's change is handed the version the hub
 // read, and need not read it again; woken with unknown (-1), it reads it.
 type hub struct {
@@ -62,13 +65,26 @@ func (h *hub) kick() {
 	}
 }
 
+// handled is the version up to which changes were handled (their waiters
+// woken), -1 before the first scan. Changes commit in version order and
+// are handled after they commit, so while handled stays the same, every
+// change either committed before it was taken or will wake the waiters
+// subscribed by then.
+func (h *hub) handled() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seen
+}
+
 // subscribe registers a waiter for a device. Its channel receives when the
 // device's target may have changed: the device's new target version, or
 // -1 when the hub does not know it; done is closed when the hub stops.
-// Call cancel when done waiting.
-func (h *hub) subscribe(deviceID string) (wake <-chan int64, done <-chan struct{}, cancel func()) {
+// Call cancel when done waiting. handled is hub.handled at the moment of
+// subscribing.
+func (h *hub) subscribe(deviceID string) (wake <-chan int64, done <-chan struct{}, handled int64, cancel func()) {
 	ch := make(chan int64, 1)
 	h.mu.Lock()
+	handled = h.seen
 	ws := h.waiters[deviceID]
 	if ws == nil {
 		ws = map[chan int64]struct{}{}
@@ -76,7 +92,7 @@ func (h *hub) subscribe(deviceID string) (wake <-chan int64, done <-chan struct{
 	}
 	ws[ch] = struct{}{}
 	h.mu.Unlock()
-	return ch, h.closed, func() {
+	return ch, h.closed, handled, func() {
 		h.mu.Lock()
 		delete(h.waiters[deviceID], ch)
 		if len(h.waiters[deviceID]) == 0 {

@@ -33,9 +33,9 @@ func TestHubHandsVersions(t *testing.T) {
 	ctx := context.Background()
 	st := &fakeTargets{latest: 5}
 	h := newHub(st, slog.New(slog.DiscardHandler))
-	a, _, cancelA := h.subscribe("a")
+	a, _, _, cancelA := h.subscribe("a")
 	defer cancelA()
-	b, _, cancelB := h.subscribe("b")
+	b, _, _, cancelB := h.subscribe("b")
 	defer cancelB()
 	take := func(ch <-chan int64) (int64, bool) {
 		select {

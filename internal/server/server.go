@@ -68,7 +68,8 @@ type Server struct {
 	content *contentState // uploaded images, and who may read them
 	ui      uiState       // the dashboard's sessions and templates (ui.go)
 
-	fleetNames sync.Map // fleet ID → name (names never change)
+	fleetNames sync.Map        // fleet ID → name (names never change)
+	targets    renderedTargets // targets as sent, shared by devices alike
 
 	// Devices' writes, grouped into one transaction when many come at once.
 	touches     *groupCommit[string, error]

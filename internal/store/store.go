@@ -181,6 +181,9 @@ type Store interface {
 	// DeviceReleases is the release of each of DeviceApps, by app, in one
 	// read.
 	DeviceReleases(ctx context.Context, deviceID string) ([]Release, error)
+	// DeviceReleaseRefs is DeviceReleases without the specs (Spec nil):
+	// enough to tell two devices' targets apart, read at every wake-up.
+	DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error)
 	// AssignRelease points the given devices of a fleet at one of the
 	// fleet's releases, for the release's app, skipping devices pinned to
 	// another release of that app. It returns the IDs of the devices whose

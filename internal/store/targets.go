@@ -70,6 +70,25 @@ func (db *DB) DeviceReleases(ctx context.Context, deviceID string) ([]Release, e
 	return rs, nil
 }
 
+// DeviceReleaseRefs implements Store.
+func (db *DB) DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error) {
+	rs, err := queryAll(ctx, db.r, func(s scanner) (Release, error) {
+		var r Release
+		var created int64
+		if err := s.Scan(&r.FleetID, &r.ID, &r.App, &r.Version, &created, &r.CreatedBy, &r.Signature, &r.KeyID); err != nil {
+			return Release{}, err
+		}
+		r.Created = fromMicros(created)
+		return r, nil
+	}, `SELECT r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id FROM device_apps a
+		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
+		WHERE a.device_id = $1 ORDER BY a.app`, deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("releases of device %s: %w", deviceID, err)
+	}
+	return rs, nil
+}
+
 // AssignRelease implements Store.
 func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error) {
 	ids := slices.Clone(deviceIDs)
