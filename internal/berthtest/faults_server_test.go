@@ -244,6 +244,7 @@ func TestServerFaultsMidRollout(t *testing.T) {
 	rng := FaultSeed(t)
 	rounds := FaultCount(t, "BERTH_FAULT_SERVER", 3)
 	const devices = 3
+	start := time.Now()
 	r := newFleetRig(t, devices)
 
 	prev := r.release(t, "1", false)
@@ -256,6 +257,7 @@ func TestServerFaultsMidRollout(t *testing.T) {
 		})
 	}
 
+	t.Logf("%d devices on v1 %s after the start", devices, time.Since(start).Round(100*time.Millisecond))
 	order := rng.Perm(3)
 	held := 0
 	var converge []time.Duration
@@ -329,7 +331,7 @@ func TestServerFaultsMidRollout(t *testing.T) {
 		}
 		held++
 		prev = rel
-		t.Logf("%s: held; rollout completed %s after the server was back", what, converge[i].Round(100*time.Millisecond))
+		t.Logf("%s: held; rollout completed %s after the server was back (%s into the test)", what, converge[i].Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
 	}
 	t.Logf("invariants held %d/%d; rollout completed after the server was back in %v", held, rounds, roundAll(converge))
 
@@ -354,7 +356,7 @@ func TestServerFaultsMidRollout(t *testing.T) {
 	}
 	f := []serverFault{faultKillRestart, faultKillReplica}[rng.IntN(2)]
 	r.fault(t, f, time.Second+time.Duration(rng.Int64N(int64(2*time.Second))), func() {})
-	time.Sleep(5 * time.Second) // five looks of the rollout engine
+	time.Sleep(3 * time.Second) // three looks of the rollout engine
 	after := r.rollout(t, ro.ID)
 	if after.Status != "paused" || after.Stage != paused.Stage || after.Progress != paused.Progress {
 		t.Fatalf("after %s: rollout %s at stage %d, progress %+v; before: paused at stage %d, %+v", f, after.Status, after.Stage, after.Progress, paused.Stage, paused.Progress)
