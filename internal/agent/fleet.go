@@ -475,7 +475,11 @@ func (a *Agent) overrideExpired() bool {
 
 // reportLoop sends the device's state to the server after every change
 // (coalesced to one report a second at most) and once a minute anyway,
-// as a diff against the last report the server took when it can.
+// as a diff against the last report the server took when it can. A
+// report that did not go through (the server away, restarting, or
+// answering 429) is sent again after a backoff: the server's rollouts
+// judge a device by its last report, and one that finished a switch
+// while the server was away would otherwise wait for the heartbeat.
 func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 	changed := make(chan struct{}, 1)
 	go a.events.follow(ctx, a.events.last(), "", true, func(e localapi.Event) bool {
@@ -490,17 +494,28 @@ func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 	})
 	heartbeat := time.NewTicker(time.Minute)
 	defer heartbeat.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	delay := time.Second
 	// Whole the first time, then only what changed (a merge patch).
 	rep := &serverapi.StateReporter{Client: cl}
 	report := func() {
 		st, err := a.State(ctx)
-		if err != nil {
-			a.log.Warn("fleet: state not reported", "error", err)
+		if err == nil {
+			_, err = rep.Report(ctx, *st)
+		}
+		if err == nil {
+			retry.Stop()
+			delay = time.Second
 			return
 		}
-		if _, err := rep.Report(ctx, *st); err != nil && ctx.Err() == nil {
-			a.log.Warn("fleet: state not reported", "error", err)
+		if ctx.Err() != nil {
+			return
 		}
+		a.log.Warn("fleet: state not reported; retrying", "error", err, "retry_in", delay.Round(time.Second))
+		retry.Reset(delay)
+		delay = nextDelay(delay)
 	}
 	report()
 	for {
@@ -515,6 +530,8 @@ func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 			case <-changed:
 			default:
 			}
+			report()
+		case <-retry.C:
 			report()
 		case <-heartbeat.C:
 			report()

@@ -9,17 +9,21 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // Server is a `berth server` process on loopback over SQLite in its own
-// data directory, stopped at cleanup.
+// data directory (or over a PostgreSQL database), stopped at cleanup.
 type Server struct {
+	// URL is where clients reach it: its own address, unless a test puts
+	// a proxy in front (several replicas behind one address).
 	URL     string
 	Token   string // the bootstrap admin token
 	DataDir string
-	addr    string
+	addr    string // where this process listens
+	db      string // PostgreSQL DSN; "" for SQLite in DataDir
 	env     *Env
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -27,12 +31,56 @@ type Server struct {
 	secrets []string // that must never show in its log: tokens, keys
 }
 
-// NewServer starts a fleet server.
+// NewServer starts a fleet server over SQLite.
 func (e *Env) NewServer(t testing.TB) *Server {
 	t.Helper()
+	return e.NewServerOn(t, "")
+}
+
+// NewServerOn starts a fleet server over the PostgreSQL database at dsn
+// ("" for SQLite in its data directory).
+func (e *Env) NewServerOn(t testing.TB, dsn string) *Server {
+	t.Helper()
+	s := e.newServer(t, dsn)
+	b, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Token = strings.TrimSpace(string(b))
+	s.secrets = append(s.secrets, s.Token)
+	return s
+}
+
+// Replica starts another `berth server` process on s's PostgreSQL
+// database, with a data directory of its own on another port: a second
+// replica. Its content directory is s's (replicas must share it, as on a
+// shared filesystem: docs/api.md). It has s's admin token and URL.
+func (s *Server) Replica(t testing.TB) *Server {
+	t.Helper()
+	if s.db == "" {
+		t.Fatal("replicas need PostgreSQL: start the first server with NewServerOn")
+	}
+	r := s.env.newServer(t, s.db, func(dataDir string) {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(s.DataDir, "content"), filepath.Join(dataDir, "content")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	r.Token, r.URL = s.Token, s.URL
+	r.secrets = append(r.secrets, s.secrets...)
+	return r
+}
+
+func (e *Env) newServer(t testing.TB, dsn string, prepare ...func(dataDir string)) *Server {
+	t.Helper()
 	dir := t.TempDir()
-	s := &Server{DataDir: filepath.Join(dir, "data"), addr: "127.0.0.1:" + FreePort(t), env: e}
+	s := &Server{DataDir: filepath.Join(dir, "data"), addr: "127.0.0.1:" + FreePort(t), db: dsn, env: e}
 	s.URL = "http://" + s.addr
+	for _, f := range prepare {
+		f(s.DataDir)
+	}
 	var err error
 	if s.log, err = os.Create(filepath.Join(dir, "server.log")); err != nil {
 		t.Fatal(err)
@@ -47,12 +95,6 @@ func (e *Env) NewServer(t testing.TB) *Server {
 		s.log.Close()
 	})
 	s.Start(t)
-	b, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Token = strings.TrimSpace(string(b))
-	s.secrets = append(s.secrets, s.Token)
 	return s
 }
 
@@ -71,6 +113,7 @@ func noSecrets(t testing.TB, what string, log []byte, secrets ...string) {
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
 	s.cmd = exec.Command(filepath.Join(s.env.Bin, "berth"), "server", "--data-dir", s.DataDir, "--listen", s.addr)
+	s.cmd.Env = append(os.Environ(), "BERTH_DB="+s.db) // not on the command line: a DSN may hold a password
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -79,7 +122,7 @@ func (s *Server) Start(t testing.TB) {
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.URL + "/v1/health")
+		resp, err := http.Get("http://" + s.addr + "/v1/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -93,10 +136,16 @@ func (s *Server) Start(t testing.TB) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	t.Fatalf("berth server did not answer on %s", s.URL)
+	t.Fatalf("berth server did not answer on %s", s.addr)
 }
 
-// Stop kills the server.
+// Addr is where this server process listens (host:port).
+func (s *Server) Addr() string { return s.addr }
+
+// Running reports whether the server process runs.
+func (s *Server) Running() bool { return s.cmd != nil }
+
+// Stop kills the server with SIGKILL.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
@@ -104,6 +153,25 @@ func (s *Server) Stop() {
 	_ = s.cmd.Process.Kill()
 	<-s.done
 	s.cmd = nil
+}
+
+// Terminate stops the server with SIGTERM, as a service manager would,
+// and waits for it to exit (killing it after 30 s); it reports whether
+// the server exited on its own, and with status 0.
+func (s *Server) Terminate() (graceful bool) {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return true
+	}
+	defer func() { s.cmd = nil }()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return s.cmd.ProcessState != nil && s.cmd.ProcessState.Success()
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		return false
+	}
 }
 
 // Berth runs a berth command against the server as its admin.
