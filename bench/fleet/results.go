@@ -132,6 +132,13 @@ func (r *Results) Markdown() string {
 	row("Second release: long polls woken with it", func(x Run) string {
 		return fmt.Sprintf("%d; %s", x.Woken, lat(x.Wake))
 	})
+	row("Second release: CPU until every device was woken (server / PostgreSQL / devices)", func(x Run) string {
+		dbc := "—"
+		if x.DB == "postgres" {
+			dbc = fmt.Sprintf("%.1f s", x.WakeDB.CPU)
+		}
+		return fmt.Sprintf("%.1f s / %s / %.1f s", x.WakeServer.CPU, dbc, x.WakeClient)
+	})
 	row("Second release: reports of it (a burst)", func(x Run) string {
 		return fmt.Sprintf("all in %.1f s; %s", x.ApplySecs, lat(x.Apply))
 	})

@@ -43,8 +43,14 @@ type Run struct {
 	Wake       Lat     `json:"wake"` // per device, from before the assign request
 	WakeAll    float64 `json:"wake_all_seconds"`
 	Woken      int     `json:"woken"`
-	Apply      Lat     `json:"apply_report"` // the reports of the new release, all in a burst
-	ApplySecs  float64 `json:"apply_seconds"`
+	// CPU from just before the assign request until every device was
+	// woken: the server's, PostgreSQL's, the simulated devices'. Less
+	// sensitive to other load on the machine than the wake-up's time.
+	WakeServer ProcDelta `json:"wake_server"`
+	WakeDB     ProcDelta `json:"wake_db,omitempty"`
+	WakeClient float64   `json:"wake_client_cpu_seconds"`
+	Apply      Lat       `json:"apply_report"` // the reports of the new release, all in a burst
+	ApplySecs  float64   `json:"apply_seconds"`
 
 	Server   ProcStat `json:"server_end"` // whole run: CPU, RSS, peak RSS
 	DBProcs  ProcStat `json:"db_end"`     // PostgreSQL: postmaster and backends
@@ -194,6 +200,7 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	round.left.Store(int64(o.devices))
 	profiled = srv.cpuProfile(10*time.Second, filepath.Join(o.profile, db+"-wake.pprof"))
 	defer profiled()
+	ws0, wd0, wc0 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	round.t0 = time.Now()
 	f.round.Store(round)
 	if err := f.assign(ctx, admin, rels[1].ID); err != nil {
@@ -206,6 +213,8 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	case <-ctx.Done():
 		return r, ctx.Err()
 	}
+	ws1, wd1, wc1 := procStat(srv.pid(), false), dbStat(), selfCPU()
+	r.WakeServer, r.WakeDB, r.WakeClient = delta(ws0, ws1), delta(wd0, wd1), wc1-wc0
 	r.Wake = round.woke.lat()
 	r.Woken = r.Wake.N
 	r.WakeAll = r.Wake.Max / 1000
