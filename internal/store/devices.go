@@ -256,19 +256,13 @@ func (db *DB) TouchDevice(ctx context.Context, id string) error {
 func (db *DB) TouchDevices(ctx context.Context, ids []string) error {
 	ids = slices.Sorted(slices.Values(ids))
 	now := micros(db.now())
+	list := jsonList(ids)
 	return db.inTxRetry(ctx, func(tx *sql.Tx) error {
-		for chunk := range slices.Chunk(ids, 500) {
-			args := []any{now}
-			for _, id := range chunk {
-				args = append(args, id)
-			}
-			in := "id IN (" + placeholders(2, len(chunk)) + ")"
-			if err := db.lockDevices(ctx, tx, shiftParams(in, -1), args[1:]...); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, "UPDATE devices SET last_seen = $1 WHERE "+in, args...); err != nil {
-				return fmt.Errorf("record that %d devices were seen: %w", len(ids), err)
-			}
+		if err := db.lockDevices(ctx, tx, db.dialect.inList("id", 1), list); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE devices SET last_seen = $1 WHERE "+db.dialect.inList("id", 2), now, list); err != nil {
+			return fmt.Errorf("record that %d devices were seen: %w", len(ids), err)
 		}
 		return nil
 	})

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -47,6 +48,27 @@ func (d dialect) String() string {
 		return "postgres"
 	}
 	return "sqlite"
+}
+
+// inList is a condition "column IN (the list)" whose list is one
+// argument, $n, a JSON array of strings (jsonList): one argument to bind
+// and one statement to prepare however long the list, where a
+// placeholder per item costs more than the write it selects for (10,000
+// devices of a fleet-wide release: BenchmarkAssignFleet).
+func (d dialect) inList(column string, n int) string {
+	if d == dialectPostgres {
+		return fmt.Sprintf("%s IN (SELECT jsonb_array_elements_text($%d::jsonb))", column, n)
+	}
+	return fmt.Sprintf("%s IN (SELECT value FROM json_each($%d))", column, n)
+}
+
+// jsonList is the argument inList reads.
+func jsonList(items []string) string {
+	if items == nil {
+		items = []string{}
+	}
+	b, _ := json.Marshal(items) // strings always encode
+	return string(b)
 }
 
 // autoID is the column definition {{autoid}} stands for in migrations.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 )
 
 const rolloutCols = "id, fleet_id, release_id, app, params, status, created_by, created, updated, stage, state"
@@ -239,7 +238,7 @@ func (db *DB) MoveRolloutStage(ctx context.Context, rolloutID string, stage int)
 		if err != nil {
 			return err
 		}
-		var changed []any
+		var changed []string
 		for _, id := range ids {
 			d := RolloutDevice{RolloutID: rolloutID, DeviceID: id, Stage: stage, Status: RolloutDeviceUpdating, Updated: now}
 			var pinned bool
@@ -271,13 +270,10 @@ func (db *DB) MoveRolloutStage(ctx context.Context, rolloutID string, stage int)
 			}
 			moved = append(moved, d)
 		}
-		// In chunks, well below either database's limit on query parameters.
-		for chunk := range slices.Chunk(changed, 500) {
-			if err := db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(chunk))+")", chunk...); err != nil {
-				return err
-			}
+		if len(changed) == 0 {
+			return nil
 		}
-		return nil
+		return db.setTarget(ctx, tx, v, db.dialect.inList("id", 2), jsonList(changed))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("move stage %d of rollout %s: %w", stage, rolloutID, err)

@@ -37,13 +37,13 @@ var ctx = context.Background()
 // a new, empty database.
 type backend struct {
 	name string
-	dsn  func(t *testing.T) (dsn, dir string)
+	dsn  func(t testing.TB) (dsn, dir string)
 }
 
 func backends() []backend {
 	return []backend{
-		{"SQLite", func(t *testing.T) (string, string) { return "", t.TempDir() }},
-		{"Postgres", func(t *testing.T) (string, string) { return pg.NewDatabase(t), "" }},
+		{"SQLite", func(t testing.TB) (string, string) { return "", t.TempDir() }},
+		{"Postgres", func(t testing.TB) (string, string) { return pg.NewDatabase(t), "" }},
 	}
 }
 

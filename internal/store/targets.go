@@ -175,13 +175,8 @@ func (db *DB) assign(ctx context.Context, tx *sql.Tx, v int64, fleetID, releaseI
 		return nil, fmt.Errorf("point devices at the release: %w", err)
 	}
 	slices.Sort(changed)
-	// In chunks, well below either database's limit on query parameters.
-	for chunk := range slices.Chunk(changed, 1000) {
-		args := make([]any, len(chunk))
-		for i, id := range chunk {
-			args[i] = id
-		}
-		if err := db.setTarget(ctx, tx, v, "id IN ("+placeholders(2, len(chunk))+")", args...); err != nil {
+	if len(changed) > 0 {
+		if err := db.setTarget(ctx, tx, v, db.dialect.inList("id", 2), jsonList(changed)); err != nil {
 			return nil, err
 		}
 	}
