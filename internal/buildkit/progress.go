@@ -32,6 +32,9 @@ type vertex struct {
 	errorText              string
 }
 
+// maxLine bounds a line of a step's output: longer ones are cut.
+const maxLine = 64 << 10
+
 // NewProgress makes a Progress that writes lines with line.
 func NewProgress(line func(string)) *Progress {
 	return &Progress{line: line, vertices: map[string]*vertex{}}
@@ -75,19 +78,6 @@ func (p *Progress) Trace(msg []byte) {
 				p.failed = x
 			}
 		}
-		if v.GetCompleted() != nil && !x.ended {
-			x.ended = true
-			p.flush(x)
-			switch {
-			case x.errorText != "":
-				p.say(x, "ERROR: "+x.errorText)
-			case x.cached:
-				p.say(x, "CACHED")
-			default:
-				d := v.GetCompleted().AsTime().Sub(x.start)
-				p.say(x, fmt.Sprintf("DONE %.1fs", max(d.Seconds(), 0)))
-			}
-		}
 	}
 	for _, s := range st.GetStatuses() {
 		if s == nil || s.GetCompleted() == nil || s.GetID() == "" {
@@ -121,12 +111,35 @@ func (p *Progress) Trace(msg []byte) {
 			b = b[i+1:]
 		}
 		x.partial = append([]byte(nil), b...)
+		if len(x.partial) > maxLine {
+			p.flush(x)
+		}
 	}
 	for _, w := range st.GetWarnings() {
 		if w == nil {
 			continue
 		}
 		p.say(p.vertex(w.GetVertex()), "WARN: "+string(w.GetShort()))
+	}
+	// how steps ended, after their output of this message
+	for _, v := range st.GetVertexes() {
+		if v == nil {
+			continue
+		}
+		x := p.vertex(v.GetDigest())
+		if v.GetCompleted() != nil && !x.ended {
+			x.ended = true
+			p.flush(x)
+			switch {
+			case x.errorText != "":
+				p.say(x, "ERROR: "+x.errorText)
+			case x.cached:
+				p.say(x, "CACHED")
+			default:
+				d := v.GetCompleted().AsTime().Sub(x.start)
+				p.say(x, fmt.Sprintf("DONE %.1fs", max(d.Seconds(), 0)))
+			}
+		}
 	}
 }
 
@@ -161,7 +174,9 @@ func (p *Progress) say(x *vertex, text string) {
 		p.numbered++
 		x.n = p.numbered
 	}
-	p.line(fmt.Sprintf("#%d %s", x.n, text))
+	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
+		p.line(fmt.Sprintf("#%d %s", x.n, strings.TrimRight(l, "\r")))
+	}
 }
 
 func (p *Progress) flush(x *vertex) {
