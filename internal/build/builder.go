@@ -83,20 +83,31 @@ func chooseBuilders(ctx context.Context, eng Engine, plan *Plan, want Builder) (
 		}
 	}
 	if !offer.BuildKit {
-		var who []string
-		for i, t := range plan.Targets {
-			if out[i] == BuilderBuildKit {
-				who = append(who, t.Service)
-			}
-		}
+		who := usersOf(plan, out)
 		why := "--builder buildkit was asked for"
 		if want == BuilderAuto {
 			why = "their build secrets need it"
 		}
-		return nil, fmt.Errorf("the Docker Engine (API %s, %s) offers no BuildKit, which %s needs (%s); nothing was built: update the engine to Docker 18.09 or later on Linux, or build those images elsewhere (docker buildx build --secret) and deploy them by image:: %w",
-			offer.API, offer.OS, strings.Join(who, ", "), why, release.ErrInvalid)
+		return nil, fmt.Errorf("the Docker Engine (API %s, %s) offers no BuildKit, which %s needs (%s); nothing was built: %s: %w",
+			offer.API, offer.OS, strings.Join(who, ", "), why, noBuildKitHint, release.ErrInvalid)
+	}
+	if err := buildkit.Probe(ctx, eng.DialSession); err != nil {
+		return nil, fmt.Errorf("the Docker Engine did not take a BuildKit session (%w), which %s needs; nothing was built: %s", err, strings.Join(usersOf(plan, out), ", "), noBuildKitHint)
 	}
 	return out, nil
+}
+
+const noBuildKitHint = "update the engine to Docker 18.09 or later on Linux, or build those images elsewhere (docker buildx build --secret) and deploy them by image:, or drop the secrets and use --builder classic"
+
+// usersOf names the targets that build with BuildKit.
+func usersOf(plan *Plan, builders []Builder) []string {
+	var who []string
+	for i, t := range plan.Targets {
+		if builders[i] == BuilderBuildKit {
+			who = append(who, t.Service)
+		}
+	}
+	return who
 }
 
 // checkSecrets makes sure each of t's build secrets can be read now: a file
@@ -114,6 +125,9 @@ func checkSecrets(t Target) error {
 			f.Close()
 			if err != nil || !st.Mode().IsRegular() {
 				return fmt.Errorf("build secret %s: %s is not a regular file: %w", s.ID, s.File, release.ErrInvalid)
+			}
+			if st.Size() > buildkit.MaxSecretSize {
+				return fmt.Errorf("build secret %s: %s has %d bytes, more than BuildKit serves (%d): %w", s.ID, s.File, st.Size(), buildkit.MaxSecretSize, release.ErrInvalid)
 			}
 		case s.Env != "":
 			if _, ok := os.LookupEnv(s.Env); !ok {

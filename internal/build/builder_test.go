@@ -3,6 +3,7 @@ package build
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -13,10 +14,12 @@ import (
 	"github.com/berth-robotics/berth/internal/engine"
 )
 
-// fakeEngine offers the builders it is given and counts the builds asked of it.
+// fakeEngine offers the builders it is given, takes sessions unless
+// noSessions, and counts the builds asked of it.
 type fakeEngine struct {
-	builders engine.Builders
-	builds   int
+	builders   engine.Builders
+	noSessions bool
+	builds     int
 }
 
 func (f *fakeEngine) Build(context.Context, engine.BuildOptions, func(string)) (string, error) {
@@ -31,7 +34,12 @@ func (f *fakeEngine) Image(context.Context, string) (engine.ImageInfo, error) {
 func (f *fakeEngine) Builders(context.Context) (engine.Builders, error) { return f.builders, nil }
 
 func (f *fakeEngine) DialSession(context.Context, string, map[string][]string) (net.Conn, error) {
-	return nil, errors.New("fake engine: no sessions")
+	if f.noSessions {
+		return nil, errors.New("fake engine: no sessions")
+	}
+	client, server := net.Pipe()
+	go func() { _, _ = io.Copy(io.Discard, server) }() // an engine that listens and says nothing
+	return client, nil
 }
 
 func TestParseBuilder(t *testing.T) {
@@ -60,15 +68,18 @@ func TestChooseBuilders(t *testing.T) {
 		targets []Target // default: plan's
 		got     []Builder
 		err     string
+		noSess  bool
 	}{
-		{"auto-secrets-take-buildkit", bkBuiltIn, BuilderAuto, nil, []Builder{BuilderClassic, BuilderBuildKit}, ""},
-		{"auto-engine-default", bkDefault, BuilderAuto, nil, []Builder{BuilderBuildKit, BuilderBuildKit}, ""},
-		{"asked-buildkit", bkBuiltIn, BuilderBuildKit, nil, []Builder{BuilderBuildKit, BuilderBuildKit}, ""},
-		{"asked-classic-no-secrets", bkDefault, BuilderClassic, plan.Targets[:1], []Builder{BuilderClassic}, ""},
-		{"asked-classic-secrets", bkDefault, BuilderClassic, nil, nil, "service secret has build secrets (tok), which the classic builder would leave"},
-		{"no-buildkit-secrets", classicOnly, BuilderAuto, nil, nil, "offers no BuildKit, which secret needs (their build secrets need it); nothing was built"},
-		{"no-buildkit-asked", classicOnly, BuilderBuildKit, plan.Targets[:1], nil, "which plain needs (--builder buildkit was asked for)"},
-		{"no-buildkit-no-secrets", classicOnly, BuilderAuto, plan.Targets[:1], []Builder{BuilderClassic}, ""},
+		{"auto-secrets-take-buildkit", bkBuiltIn, BuilderAuto, nil, []Builder{BuilderClassic, BuilderBuildKit}, "", false},
+		{"auto-engine-default", bkDefault, BuilderAuto, nil, []Builder{BuilderBuildKit, BuilderBuildKit}, "", false},
+		{"asked-buildkit", bkBuiltIn, BuilderBuildKit, nil, []Builder{BuilderBuildKit, BuilderBuildKit}, "", false},
+		{"asked-classic-no-secrets", bkDefault, BuilderClassic, plan.Targets[:1], []Builder{BuilderClassic}, "", false},
+		{"asked-classic-secrets", bkDefault, BuilderClassic, nil, nil, "service secret has build secrets (tok), which the classic builder would leave", false},
+		{"no-buildkit-secrets", classicOnly, BuilderAuto, nil, nil, "offers no BuildKit, which secret needs (their build secrets need it); nothing was built", false},
+		{"no-buildkit-asked", classicOnly, BuilderBuildKit, plan.Targets[:1], nil, "which plain needs (--builder buildkit was asked for)", false},
+		{"no-buildkit-no-secrets", classicOnly, BuilderAuto, plan.Targets[:1], []Builder{BuilderClassic}, "", false},
+		{"session-refused", bkBuiltIn, BuilderAuto, nil, nil, "did not take a BuildKit session (buildkit session: failed to dial gRPC: fake engine: no sessions), which secret needs; nothing was built", true},
+		{"session-refused-classic", bkBuiltIn, BuilderAuto, plan.Targets[:1], []Builder{BuilderClassic}, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,7 +87,7 @@ func TestChooseBuilders(t *testing.T) {
 			if tt.targets != nil {
 				p.Targets = tt.targets
 			}
-			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer}, &p, tt.want)
+			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer, noSessions: tt.noSess}, &p, tt.want)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("err %v, want %q", err, tt.err)

@@ -286,9 +286,13 @@ func TestBuildKitSecretErrors(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "big"), make([]byte, 600<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct{ name, secret, want string }{
 		{"missing-file", "file: ./missing.txt", "build secret tok: cannot read its file"},
 		{"directory", "file: ./adir", "is not a regular file"},
+		{"too-big", "file: ./big", "has 614400 bytes, more than BuildKit serves (512000)"},
 		{"unset-env", "environment: BERTH_TEST_UNSET_SECRET_VAR", "the environment variable BERTH_TEST_UNSET_SECRET_VAR is not set"},
 	}
 	for _, tt := range tests {

@@ -25,6 +25,9 @@ import (
 	fstypes "github.com/tonistiigi/fsutil/types"
 )
 
+// MaxSecretSize is the largest build secret a session serves.
+const MaxSecretSize = secretsprovider.MaxSecretSize
+
 // Dialer opens the engine's /session endpoint (engine.Client.DialSession).
 type Dialer func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error)
 
@@ -77,6 +80,26 @@ func Start(ctx context.Context, dial Dialer, contextDir, dockerfileDir string, s
 	}
 	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": contextFS, "dockerfile": dockerfileFS}))
 	s.Allow(secretsprovider.NewSecretProvider(store))
+	return attach(ctx, s, dial)
+}
+
+// Probe attaches an empty session and closes it: whether the engine takes
+// BuildKit sessions at all, before any build relies on one.
+func Probe(ctx context.Context, dial Dialer) error {
+	s, err := session.NewSession(ctx, "berth-probe")
+	if err != nil {
+		return fmt.Errorf("buildkit session: %w", err)
+	}
+	bs, err := attach(ctx, s, dial)
+	if err != nil {
+		return err
+	}
+	return bs.Close()
+}
+
+// attach runs s over a connection from dial until it is closed, and
+// returns once the engine took the connection, or with why it did not.
+func attach(ctx context.Context, s *session.Session, dial Dialer) (*Session, error) {
 	bs := &Session{s: s, done: make(chan error, 1)}
 	attached := make(chan struct{})
 	go func() {
