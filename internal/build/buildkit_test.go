@@ -321,3 +321,60 @@ func TestBuildKitSecretErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildKitExample builds the example's sensor with BuildKit, offline:
+// FROM the local Go image (a build arg) and FROM scratch resolve from the
+// engine's store; the image is tagged and labelled as the classic builder's
+// and holds the version from the build arg but no Go toolchain.
+func TestBuildKitExample(t *testing.T) {
+	eng := newEngine(t)
+	testlock.Hold(t, testlock.ExampleBuild)
+	cleanBuildCache(t, eng)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	goImage, err := LocalGoImage(ctx, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := "berthtest-bkrobot-" + randomID(t)
+	p, err := compose.LoadProject(ctx, []string{"../../examples/robot/compose.yaml"}, compose.Options{ProjectName: app, Env: map[string]string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := Version{Describe: "v9.8.7-bk", Revision: "fedcba9876543210"}
+	plan, err := NewPlan(p, v, "sensor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := app + "-sensor:v9.8.7-bk"
+	removeImages(t, eng, tag)
+	var out bytes.Buffer
+	res, err := Run(ctx, eng, plan, Options{Out: &out, Args: map[string]string{"GO_IMAGE": goImage}, Builder: BuilderBuildKit})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, s := range []string{"sensor | #", "FROM docker.io/" + goImage, "[build ", app + " v9.8.7-bk: 1 built, 0 failed"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("output lacks %q:\n%s", s, out.String())
+		}
+	}
+	info, err := eng.Image(ctx, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != res[0].ID || info.Labels[LabelVersion] != v.Describe || info.Labels[LabelRevision] != v.Revision {
+		t.Errorf("%s: id %s (built %s), labels %v", tag, info.ID, res[0].ID, info.Labels)
+	}
+	var binary bool
+	for name, l := range layers(t, eng, tag) {
+		for _, f := range fileNames(t, l) {
+			if strings.Contains(f, "usr/local/go") || strings.HasSuffix(f, ".go") {
+				t.Errorf("layer %s holds %s: the build stage leaked into the image", name, f)
+			}
+		}
+		binary = binary || bytes.Contains(l, []byte("v9.8.7-bk"))
+	}
+	if !binary {
+		t.Error("no layer holds the version from the build arg BERTH_VERSION")
+	}
+}
