@@ -42,6 +42,7 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/mergepatch -run '^$$' -fuzz '^FuzzDiffApply$$' -fuzztime 60s
 	$(GO) test ./internal/content -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime 60s
 	$(GO) test ./internal/signing -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s
+	$(GO) test ./internal/buildkit -run '^$$' -fuzz '^FuzzProgress$$' -fuzztime 60s
 
 faults: ## the fault suite at full length, as root (~15 min; docs/reliability.md): 100 kills, 20 engine restarts, 20 link cuts, 10 server faults
 	BERTH_FAULT_KILLS=100 BERTH_FAULT_ENGINE_RESTARTS=20 BERTH_FAULT_CUTS=20 BERTH_FAULT_SERVER=10 \

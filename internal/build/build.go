@@ -2,10 +2,10 @@ package build
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,10 +28,6 @@ const (
 // Dockerfile uses it with ARG BERTH_VERSION; args of the file or the command
 // line win). The revision is in the image's label.
 const ArgVersion = "BERTH_VERSION"
-
-// ErrSecrets refuses build secrets: the classic builder has no secret
-// mounts, and anything it is given lands in a layer or the image history.
-var ErrSecrets = errors.New("build secrets need BuildKit, which berth does not drive: the engine's classic builder it uses would leave a secret in a layer or the image's history")
 
 // Target is one image to build: a service's build: section and its tags.
 type Target struct {
@@ -69,9 +65,6 @@ func NewPlan(p *compose.Project, v Version, services ...string) (*Plan, error) {
 			}
 			return nil, fmt.Errorf("no service %s in app %s: %w", s, p.App, release.ErrInvalid)
 		}
-		if len(b.Secrets) > 0 {
-			return nil, fmt.Errorf("service %s: %w; nothing was built. Build it with `docker buildx build --secret` and deploy the image (image: without build:), or give the secret to the container at run time: %w", s, ErrSecrets, release.ErrInvalid)
-		}
 		t := Target{Service: s, Build: b, Tag: p.App + "-" + s + ":" + v.Tag()}
 		t.Tags = []string{t.Tag}
 		if b.Image != "" && b.Image != t.Tag {
@@ -97,6 +90,8 @@ func (p *Plan) Pin(spec *release.Spec) {
 type Engine interface {
 	Build(ctx context.Context, o engine.BuildOptions, line func(string)) (string, error)
 	Image(ctx context.Context, ref string) (engine.ImageInfo, error)
+	Builders(ctx context.Context) (engine.Builders, error)
+	DialSession(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error)
 }
 
 // Options steer Run.
@@ -110,12 +105,16 @@ type Options struct {
 	Out io.Writer
 	// Parallel bounds the builds at once; default 4.
 	Parallel int
+	// Builder picks the engine's builder: BuilderAuto (""), BuilderBuildKit
+	// or BuilderClassic.
+	Builder Builder
 }
 
 // Result is what became of one target.
 type Result struct {
 	Service  string        `json:"service"`
 	Image    string        `json:"image"`
+	Builder  Builder       `json:"builder,omitempty"` // the builder that built it (or would have)
 	ID       string        `json:"id,omitempty"`
 	Seconds  float64       `json:"seconds"`
 	UpToDate bool          `json:"up_to_date,omitempty"` // not built: the image of this version was there
@@ -155,9 +154,15 @@ func splitPlatform(p string) (goos, arch string) {
 }
 
 // Run builds the plan's targets in parallel, all of them even when one
-// fails, and returns a result per target; the error names the ones that failed.
+// fails, and returns a result per target; the error names the ones that
+// failed. A build secret that cannot be read, or a builder the targets need
+// and the engine lacks, fails the run before anything is built.
 func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, error) {
 	start := time.Now()
+	builders, err := chooseBuilders(ctx, eng, plan, o.Builder)
+	if err != nil {
+		return nil, err
+	}
 	par := o.Parallel
 	if par <= 0 {
 		par = 4
@@ -185,11 +190,11 @@ func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, erro
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				results[i] = Result{Service: t.Service, Image: t.Tag, Error: ctx.Err().Error()}
+				results[i] = Result{Service: t.Service, Image: t.Tag, Builder: builders[i], Error: ctx.Err().Error()}
 				return
 			}
 			defer func() { <-sem }()
-			results[i] = buildOne(ctx, eng, plan, t, o, say)
+			results[i] = buildOne(ctx, eng, plan, t, o, builders[i], say)
 		}()
 	}
 	wg.Wait()
@@ -221,9 +226,9 @@ func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, erro
 	return results, nil
 }
 
-func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, say func(service, line string)) Result {
+func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, builder Builder, say func(service, line string)) Result {
 	start := time.Now()
-	r := Result{Service: t.Service, Image: t.Tag}
+	r := Result{Service: t.Service, Image: t.Tag, Builder: builder}
 	line := func(l string) {
 		if strings.TrimSpace(l) == "" || l == "[Warning] One or more build-args ["+ArgVersion+"] were not consumed" {
 			return // berth's own arg, offered to every Dockerfile
@@ -257,22 +262,14 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	if _, err := os.Stat(dfAbs); err != nil {
 		return fail(fmt.Errorf("no Dockerfile at %s: write one there, or name yours with build.dockerfile", dfAbs))
 	}
-	pr, pw := io.Pipe()
-	dfc := make(chan string, 1)
-	go func() {
-		df, err := contextTar(pw, t.Context, t.Dockerfile)
-		dfc <- df
-		pw.CloseWithError(err)
-	}()
-	// the Dockerfile's name inside the tar is known once the walk passed it;
-	// it is the relative path unless the Dockerfile lies outside the context
-	dockerfile := dockerfileInTar(t.Context, t.Dockerfile)
-	id, err := eng.Build(ctx, engine.BuildOptions{
-		Context: pr, Dockerfile: dockerfile, Tags: t.Tags, Target: t.Target,
-		Args: args, Labels: labels, Platform: o.Platform,
-	}, line)
-	pr.CloseWithError(io.ErrClosedPipe)
-	<-dfc
+	bo := engine.BuildOptions{Tags: t.Tags, Target: t.Target, Args: args, Labels: labels, Platform: o.Platform}
+	var id string
+	var err error
+	if builder == BuilderBuildKit {
+		id, err = buildKit(ctx, eng, t, dfAbs, bo, line)
+	} else {
+		id, err = classic(ctx, eng, t, bo, line)
+	}
 	if err != nil {
 		if msg := err.Error(); strings.Contains(msg, "registry") || strings.Contains(msg, "pull access denied") || strings.Contains(msg, "dial tcp") {
 			err = fmt.Errorf("%w (a FROM image is not in the engine and cannot be pulled: make it locally and tag it, e.g. --local-go-image for the Go image, or name one with --build-arg)", err)
@@ -292,4 +289,22 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	r.Duration = time.Since(start)
 	r.Seconds = r.Duration.Seconds()
 	return r
+}
+
+// classic builds t with the engine's classic builder from a context tar.
+func classic(ctx context.Context, eng Engine, t Target, bo engine.BuildOptions, line func(string)) (string, error) {
+	pr, pw := io.Pipe()
+	dfc := make(chan string, 1)
+	go func() {
+		df, err := contextTar(pw, t.Context, t.Dockerfile)
+		dfc <- df
+		pw.CloseWithError(err)
+	}()
+	// the Dockerfile's name inside the tar is known once the walk passed it;
+	// it is the relative path unless the Dockerfile lies outside the context
+	bo.Context, bo.Dockerfile = pr, dockerfileInTar(t.Context, t.Dockerfile)
+	id, err := eng.Build(ctx, bo, line)
+	pr.CloseWithError(io.ErrClosedPipe)
+	<-dfc
+	return id, err
 }

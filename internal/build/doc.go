@@ -1,11 +1,13 @@
 // Package build builds the images of a Compose file's build: sections
-// through the Docker Engine's classic builder, in parallel, tagged
-// <app>-<service>:<version> with the version from git describe, and
-// labelled with org.opencontainers.image.version and .revision.
+// through the Docker Engine, in parallel, tagged <app>-<service>:<version>
+// with the version from git describe, and labelled with
+// org.opencontainers.image.version and .revision.
 //
-// BuildKit over the Engine API needs a client-side session (the /session
-// endpoint with moby/buildkit's filesync and secrets providers); that library
-// roughly doubles the berth binary, so berth uses the classic builder and
-// refuses build secrets with a clear error rather than letting them reach a
-// layer. See docs/architecture.md.
+// Each target goes to the engine's classic builder (a context tar) or to its
+// BuildKit (internal/buildkit: a client session over the engine's /session
+// endpoint serves the context, the Dockerfile and the build secrets):
+// BuildKit when it is the engine's default, when the target has build
+// secrets, which the classic builder would leave in a layer, or when asked
+// (Options.Builder, berth's --builder and BERTH_BUILDER). See
+// docs/architecture.md.
 package build

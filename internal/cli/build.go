@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -22,10 +23,12 @@ type buildFlags struct {
 	platform   string
 	noBuild    bool
 	forceBuild bool
+	builder    string
 }
 
 func (b *buildFlags) add(c *cobra.Command, withSkip bool) {
 	c.Flags().StringArrayVar(&b.args, "build-arg", nil, "KEY=VALUE build arg for every build (overrides the file's); repeatable")
+	c.Flags().StringVar(&b.builder, "builder", "", "the engine's builder: auto, buildkit or classic (default: $"+build.EnvBuilder+", else auto: BuildKit when it is the engine's default or a service has build secrets)")
 	c.Flags().BoolVar(&b.localGo, "local-go-image", false, "offline Go builds: make "+build.LocalGoImageRef()+" from this machine's Go toolchain (once) and pass it as the build arg GO_IMAGE")
 	if withSkip {
 		c.Flags().BoolVar(&b.noBuild, "no-build", false, "do not build services with build:; their images <app>-<service>:<version> must exist")
@@ -45,15 +48,21 @@ func newBuild() *cobra.Command {
 		Use:   "build -f compose.yaml [SERVICE...]",
 		Short: "Build the images of the services with a build: section",
 		Long: `build makes the image of every service with a build: section (or of the
-services named) through the local Docker Engine's classic builder: context,
-dockerfile, target, args, labels; in parallel, one prefixed line stream per
+services named) through the local Docker Engine: context, dockerfile, target,
+args, labels, build secrets; in parallel, one prefixed line stream per
 service, a summary at the end and the full log of each failed build.
+
+The builder is the engine's BuildKit when the engine says it is its default,
+when a service has build secrets (secrets: with a file: or an environment:
+source, mounted by RUN --mount=type=secret,id=...; they never land in the
+image), or when asked with --builder buildkit or BERTH_BUILDER=buildkit;
+otherwise the classic builder. A secret that cannot be read, or BuildKit
+needed from an engine without it, fails before anything is built.
 
 Each image is tagged <app>-<service>:<version>, the version from git describe
 --tags --dirty --always in the Compose file's directory, and labelled
 org.opencontainers.image.version and .revision; every build gets the build
-arg BERTH_VERSION. Build secrets are refused: the classic
-builder cannot keep them out of the image.
+arg BERTH_VERSION.
 
 berth deploy and berth release create build first what is stale.`,
 		RunE: func(c *cobra.Command, services []string) error {
@@ -117,6 +126,15 @@ func buildVersion(ctx context.Context, files []string, flag string) (build.Versi
 // options turns the flags into build.Options.
 func (b *buildFlags) options(ctx context.Context, eng *engine.Client, out io.Writer) (build.Options, error) {
 	o := build.Options{Out: out, Platform: b.platform, Args: map[string]string{}}
+	name, flag := b.builder, "--builder"
+	if name == "" {
+		name, flag = os.Getenv(build.EnvBuilder), build.EnvBuilder
+	}
+	builder, err := build.ParseBuilder(name)
+	if err != nil {
+		return o, fmt.Errorf("%s: %w", flag, err)
+	}
+	o.Builder = builder
 	if b.localGo {
 		fmt.Fprintf(out, "making %s from this machine's Go toolchain (once)\n", build.LocalGoImageRef())
 		ref, err := build.LocalGoImage(ctx, eng)

@@ -10,14 +10,25 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/berth-robotics/berth/internal/testlock"
 )
 
 // TestBuildCommand: berth build builds the services with build: (a FROM
 // scratch image, so no base image is needed), tags them
 // <app>-<service>:<version>, prints a summary or JSON, and fails naming the
-// service whose build failed; a build secret is refused before any build.
+// service whose build failed; a service with a build secret is built with
+// BuildKit, and a secret that cannot be read fails before any build.
 func TestBuildCommand(t *testing.T) {
 	eng := requireEngine(t)
+	testlock.Hold(t, testlock.ExampleBuild)
+	since := time.Now().Add(-time.Second)
+	t.Cleanup(func() { // the BuildKit build's cache records
+		if ids, err := eng.BuildCacheSince(context.Background(), since); err == nil {
+			_, _ = eng.PruneBuildCache(context.Background(), ids)
+		}
+	})
 	dir := t.TempDir()
 	write := func(name, text string) {
 		t.Helper()
@@ -66,9 +77,31 @@ func TestBuildCommand(t *testing.T) {
 	if out, code := run("build", "-f", f, "--version", "v1"); code == 0 || !strings.Contains(out, "--- full log of bad ---") || !strings.Contains(out, "build of "+app+" failed: bad") {
 		t.Fatalf("failed build: exit %d\n%s", code, out)
 	}
-	write("compose.yaml", "name: "+app+"\nservices:\n  s:\n    build:\n      context: .\n      secrets: [tok]\nsecrets:\n  tok:\n    environment: TOKEN\n")
-	if out, code := run("build", "-f", f, "--version", "v1"); code == 0 || !strings.Contains(out, "build secrets need BuildKit") {
-		t.Fatalf("secret: exit %d\n%s", code, out)
+	write("compose.yaml", "name: "+app+"\nservices:\n  s:\n    build:\n      context: .\n      secrets: [tok]\nsecrets:\n  tok:\n    environment: BERTH_TEST_CLI_TOKEN\n")
+	if out, code := run("build", "-f", f, "--version", "v1"); code == 0 || !strings.Contains(out, "BERTH_TEST_CLI_TOKEN is not set") || !strings.Contains(out, "nothing was built") {
+		t.Fatalf("unset secret: exit %d\n%s", code, out)
+	}
+	t.Setenv("BERTH_TEST_CLI_TOKEN", "s3cret")
+	if out, code := run("build", "-f", f, "--version", "v1", "--builder", "classic"); code == 0 || !strings.Contains(out, "which the classic builder would leave in a layer") {
+		t.Fatalf("secret with --builder classic: exit %d\n%s", code, out)
+	}
+	t.Setenv("BERTH_BUILDER", "buildx")
+	if out, code := run("build", "-f", f, "--version", "v1"); code == 0 || !strings.Contains(out, "BERTH_BUILDER: builder \"buildx\"") {
+		t.Fatalf("BERTH_BUILDER=buildx: exit %d\n%s", code, out)
+	}
+	t.Setenv("BERTH_BUILDER", "")
+	stag := app + "-s:v1"
+	t.Cleanup(func() { _ = eng.RemoveImage(context.Background(), stag) })
+	stdout.Reset()
+	stderr.Reset()
+	if code := Main(context.Background(), "test", []string{"build", "-f", f, "--version", "v1", "--json"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "s | #1 ") {
+		t.Fatalf("build with a secret: exit %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `"builder": "buildkit"`) {
+		t.Errorf("build with a secret, not with BuildKit:\n%s", stdout.String())
+	}
+	if _, err := eng.Image(context.Background(), stag); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -42,6 +42,24 @@ func TestPureLayers(t *testing.T) {
 	}
 }
 
+// TestBuildKitOnlyInCLI: moby/buildkit (with gRPC and protobuf) is linked
+// into the laptop CLI alone, by internal/buildkit; the engine package, which
+// berthd links, knows nothing of it.
+func TestBuildKitOnlyInCLI(t *testing.T) {
+	for _, dep := range goList(t, "-deps", "./internal/engine") {
+		if strings.HasPrefix(dep, "github.com/moby/buildkit") || strings.HasPrefix(dep, "google.golang.org/grpc") || strings.HasSuffix(dep, "/internal/buildkit") {
+			t.Errorf("internal/engine imports %s", dep)
+		}
+	}
+	var cli bool
+	for _, dep := range goList(t, "-deps", "./cmd/berth") {
+		cli = cli || dep == "github.com/moby/buildkit/session"
+	}
+	if !cli {
+		t.Error("berth does not link github.com/moby/buildkit/session: is this guard still about anything?")
+	}
+}
+
 // TestPackageDocs: every package has a doc comment.
 func TestPackageDocs(t *testing.T) {
 	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}\t{{.Doc}}", "./...")
@@ -64,7 +82,9 @@ func TestPackageDocs(t *testing.T) {
 func TestBerthdDeps(t *testing.T) {
 	got := goList(t, "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/berthd")
 	for _, dep := range got {
-		for _, banned := range []string{"database/sql", "github.com/jackc/", "modernc.org/", "/internal/server", "/internal/store", "/internal/dashboard", "/internal/cli", "github.com/spf13/cobra"} {
+		for _, banned := range []string{"database/sql", "github.com/jackc/", "modernc.org/", "/internal/server", "/internal/store", "/internal/dashboard", "/internal/cli", "github.com/spf13/cobra",
+			// BuildKit's client session and its gRPC: for the CLI's builds only
+			"github.com/moby/buildkit", "google.golang.org/grpc", "github.com/tonistiigi/fsutil", "/internal/buildkit", "/internal/build"} {
 			// a package or its subpackages: /internal/server, not /internal/serverapi
 			if strings.HasSuffix(dep, banned) || strings.Contains(dep, banned+"/") || (!strings.HasPrefix(banned, "/") && strings.Contains(dep, banned)) {
 				t.Errorf("berthd links %s", dep)
