@@ -216,6 +216,7 @@ func checkRunning(t *testing.T, d *Device, snap deviceSnap, old, new, what strin
 		was, ok := snap.started[c.ID]
 		switch {
 		case !ok:
+		case was.IsZero(): // created by a switch under way, started since: not a restart
 		case !c.StartedAt.Equal(was):
 			t.Fatalf("%s: container %s of %s started at %s, now again at %s: restarted", what, c.Name, d.Name, was.Format(time.RFC3339Nano), c.StartedAt.Format(time.RFC3339Nano))
 		case untouched && c.State != "running":
