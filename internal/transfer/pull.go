@@ -120,11 +120,7 @@ func (s Server) Pieces(layer string, digests []byte, bases []string) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	enc, err := sharedEncoder()
-	if err != nil {
-		return nil, err
-	}
-	return CompressBatch(enc, batch), nil
+	return CompressBatch(batch), nil
 }
 
 // sharedEncoder compresses the batches a server answers. EncodeAll may be
