@@ -83,6 +83,7 @@ func TestFleetPullOverFaultyLink(t *testing.T) {
 		srv.admin(t, "release", "assign", id, "--fleet", "lab", "--all")
 	}
 	running := func(id string) bool {
+		srv.alive(t)
 		a, ok := robot.State(t).Apps["app"]
 		return ok && a.FleetRelease == id && a.Phase == release.PhaseIdle
 	}
@@ -165,6 +166,20 @@ type tlsServer struct {
 	url, fingerprint, token, dir string
 	bin                          string
 	secrets                      []string
+	done                         chan struct{} // closed when it exits
+	log                          string
+}
+
+// alive fails the test if the server has exited (nothing here stops it
+// before cleanup).
+func (s *tlsServer) alive(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.done:
+		b, _ := os.ReadFile(s.log)
+		t.Fatalf("berth server exited during the test:\n%s", lastLines(string(b), 5))
+	default:
+	}
 }
 
 var fingerprintLine = regexp.MustCompile(`TLS certificate fingerprint: (sha256:[0-9a-f]+)`)
@@ -184,6 +199,7 @@ func newTLSServer(t *testing.T, env *Env, host string) *tlsServer {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
+	s.done, s.log = done, logf.Name()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-done
