@@ -23,7 +23,7 @@ import (
 // content from the fleet server over HTTPS through a link of the test's
 // own — 20 Mbit/s (tbf) and 1% loss (iptables) each way — which is cut at
 // random offsets of the transfer: the link goes down, both ends' TCP
-// connections break (ss -K), the link comes back 300 ms later. The agent
+// connections break (ss -K) 300 ms later, the link comes back. The agent
 // tries again on its own from what it kept; the release must end up
 // running, and no cut may re-send more than 256 KiB: per cut, what the
 // device's TCP took in during the try (each byte once, read with the link
@@ -137,8 +137,10 @@ func TestFleetPullOverFaultyLink(t *testing.T) {
 		}
 		link.Up(t, false)
 		got := link.Received(t, false)
-		link.Reset(t)
+		// What came across is read on: the connections break 300 ms
+		// later, as a broken one hands over what it had.
 		time.Sleep(300 * time.Millisecond)
+		link.Reset(t)
 		link.Up(t, true)
 		made++
 		costs.add(t, got, settledBytes(pieces)-runHeld)

@@ -1,6 +1,8 @@
 package berthtest
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -45,9 +47,8 @@ func (c *cutCosts) add(t testing.TB, crossed, kept int64) {
 	t.Logf("cut %d: %d bytes came across, %d stored: %d KiB re-sent", len(c.cuts), crossed, kept, cc.resent>>10)
 }
 
-// check logs the largest and the mean cost, and fails the test if any cut
-// re-sent more than maxResentPerCut.
-func (c *cutCosts) check(t testing.TB) {
+// report logs the largest and the mean cost.
+func (c *cutCosts) report(t testing.TB) {
 	t.Helper()
 	if len(c.cuts) == 0 {
 		t.Fatal("no cut happened")
@@ -58,6 +59,13 @@ func (c *cutCosts) check(t testing.TB) {
 		sum += cc.resent
 	}
 	t.Logf("%d cuts: re-sent per cut max %d KiB, mean %d KiB (bound %d KiB)", len(c.cuts), worst>>10, sum/int64(len(c.cuts))>>10, maxResentPerCut>>10)
+}
+
+// check reports, and fails the test if any cut re-sent more than
+// maxResentPerCut.
+func (c *cutCosts) check(t testing.TB) {
+	t.Helper()
+	c.report(t)
 	for i, cc := range c.cuts {
 		if cc.resent > maxResentPerCut {
 			t.Errorf("cut %d re-sent %d KiB (%d bytes came across, %d stored); at most %d KiB may be", i+1, cc.resent>>10, cc.crossed, cc.kept, maxResentPerCut>>10)
@@ -65,16 +73,18 @@ func (c *cutCosts) check(t testing.TB) {
 	}
 }
 
-// settledBytes is dirBytes(dir) once it has not changed for 300 ms (a
-// receiver commits what arrived when it sees its stream end), waiting
-// at most 10 s.
-func settledBytes(dir string) int64 {
-	last, since := dirBytes(dir), time.Now()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+// settledBytes is dirBytes(pieces) once the store has settled: no batch
+// under way in its tmp directory (a receiver commits what arrived when it
+// sees its stream end: every piece of the batch flushed, then moved into
+// pieces/), and pieces/ unchanged for 300 ms; waiting at most 20 s.
+func settledBytes(pieces string) int64 {
+	tmp := filepath.Join(filepath.Dir(pieces), "tmp")
+	last, since := dirBytes(pieces), time.Now()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
-		if n := dirBytes(dir); n != last {
+		if n := dirBytes(pieces); n != last {
 			last, since = n, time.Now()
-		} else if time.Since(since) >= 300*time.Millisecond {
+		} else if pending, _ := os.ReadDir(tmp); len(pending) == 0 && time.Since(since) >= 300*time.Millisecond {
 			break
 		}
 	}
