@@ -44,10 +44,10 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/signing -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s
 	$(GO) test ./internal/buildkit -run '^$$' -fuzz '^FuzzProgress$$' -fuzztime 60s
 
-faults: ## the fault suite at full length, as root (~15 min; docs/reliability.md): 100 kills, 20 engine restarts, 20 link cuts, 10 server faults
+faults: ## the fault suite at full length, as root (~20 min; docs/reliability.md): 100 kills, 20 engine restarts, 20 link cuts per path, 10 server faults
 	BERTH_FAULT_KILLS=100 BERTH_FAULT_ENGINE_RESTARTS=20 BERTH_FAULT_CUTS=20 BERTH_FAULT_SERVER=10 \
 	  $(GO) test ./internal/berthtest -count 1 -v -timeout 90m \
-	  -run '^(TestKillAtRandomPoints|TestEngineRestartMidSwitch|TestPushOverFaultyLink|TestFullStateDisk|TestFullEngineDisk|TestEngineCrashDuringStop|TestKillDuringSwitch|TestServerFaultsMidRollout|TestFleetReportsAfterServerOutage|TestHungHandOverRollsBack)$$'
+	  -run '^(TestKillAtRandomPoints|TestEngineRestartMidSwitch|TestPushOverFaultyLink|TestFleetPullOverFaultyLink|TestReleaseUploadOverFaultyLink|TestFullStateDisk|TestFullEngineDisk|TestEngineCrashDuringStop|TestKillDuringSwitch|TestServerFaultsMidRollout|TestFleetReportsAfterServerOutage|TestHungHandOverRollsBack)$$'
 	$(GO) test ./internal/content ./internal/transfer -count 1 -v -run 'Hostile'
 
 bench: ## benchmarks (results go in BENCHMARKS.md)

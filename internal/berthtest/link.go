@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"testing"
 )
 
@@ -17,7 +19,9 @@ import (
 type Link struct {
 	NetNS  string
 	HostIP string // the robot's address on the link
+	PeerIP string // the laptop's address, inside NetNS
 	veth   string // the laptop's end, inside NetNS
+	host   string // the robot's end
 }
 
 // NewLink makes the link: rate like "20mbit", loss a drop probability
@@ -27,8 +31,8 @@ func NewLink(t testing.TB, rate, loss string) *Link {
 	requireRoot(t)
 	id := randomID()
 	net := rand.IntN(200) + 20
-	l := &Link{NetNS: "bt-" + id, HostIP: fmt.Sprintf("10.213.%d.1", net), veth: "vn" + id}
-	host := "vh" + id
+	l := &Link{NetNS: "bt-" + id, HostIP: fmt.Sprintf("10.213.%d.1", net), PeerIP: fmt.Sprintf("10.213.%d.2", net), veth: "vn" + id, host: "vh" + id}
+	host := l.host
 	t.Cleanup(func() {
 		exec.Command("ip", "netns", "del", l.NetNS).Run()
 		exec.Command("ip", "link", "del", host).Run() // gone with the namespace, normally
@@ -38,7 +42,7 @@ func NewLink(t testing.TB, rate, loss string) *Link {
 		{"ip", "link", "add", host, "type", "veth", "peer", "name", l.veth, "netns", l.NetNS},
 		{"ip", "addr", "add", l.HostIP + "/30", "dev", host},
 		{"ip", "link", "set", host, "up"},
-		{"ip", "-n", l.NetNS, "addr", "add", fmt.Sprintf("10.213.%d.2/30", net), "dev", l.veth},
+		{"ip", "-n", l.NetNS, "addr", "add", l.PeerIP + "/30", "dev", l.veth},
 		{"ip", "-n", l.NetNS, "link", "set", l.veth, "up"},
 		{"ip", "-n", l.NetNS, "link", "set", "lo", "up"},
 		{"tc", "-n", l.NetNS, "qdisc", "add", "dev", l.veth, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"},
@@ -90,4 +94,63 @@ func (l *Link) Sent(t testing.TB) int64 {
 		t.Fatalf("link counters: %v: %s", err, out)
 	}
 	return links[0].Stats64.TX.Bytes
+}
+
+// ShapeInbound slows and makes lossy the other direction too, robot to
+// laptop (a fleet server's answers to a device in NetNS): tbf on the
+// robot's end, iptables in NetNS dropping what arrives. Both go with the
+// namespace.
+func (l *Link) ShapeInbound(t testing.TB, rate, loss string) {
+	t.Helper()
+	cmds := [][]string{{"tc", "qdisc", "add", "dev", l.host, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"}}
+	if loss != "" {
+		cmds = append(cmds, []string{"ip", "netns", "exec", l.NetNS, "iptables", "-A", "INPUT", "-i", l.veth, "-m", "statistic", "--mode", "random", "--probability", loss, "-j", "DROP"})
+	}
+	for _, c := range cmds {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+}
+
+var bytesReceived = regexp.MustCompile(`bytes_received:(\d+)`)
+
+// Received is how many bytes the TCP connections between the two ends
+// have taken in on one side — the robot's (host) or the laptop's (NetNS)
+// — counting each byte once (TCP's own retransmissions do not count, nor
+// the connections already closed). Read with the link down, it is what
+// came across before the cut.
+func (l *Link) Received(t testing.TB, robotSide bool) int64 {
+	t.Helper()
+	args := []string{"ss", "-tinH", "state", "established", "dst", l.HostIP}
+	if robotSide {
+		args = []string{"ss", "-tinH", "state", "established", "dst", l.PeerIP}
+	} else {
+		args = append([]string{"ip", "netns", "exec", l.NetNS}, args...)
+	}
+	out, err := exec.Command(args[0], args[1:]...).Output()
+	if err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+	var n int64
+	for _, m := range bytesReceived.FindAllSubmatch(out, -1) {
+		v, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		n += v
+	}
+	return n
+}
+
+// Reset ends every TCP connection between the two ends, on both sides
+// (ss -K), as a connection that broke: each side's next read or write
+// fails at once.
+func (l *Link) Reset(t testing.TB) {
+	t.Helper()
+	for _, c := range [][]string{
+		{"ss", "-K", "-tn", "dst", l.PeerIP},
+		{"ip", "netns", "exec", l.NetNS, "ss", "-K", "-tn", "dst", l.HostIP},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
 }

@@ -288,6 +288,21 @@ func upload(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return readBinary(w, r, transfer.MaxBatch)
 }
 
+// readErr remembers the error its reader gave (a decoder reports it only
+// as text).
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
 func writeBinary(w http.ResponseWriter, b []byte) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
@@ -336,14 +351,27 @@ func (s *Server) contentMissing(w http.ResponseWriter, r *http.Request, p princi
 }
 
 // contentPieces stores one batch of pieces, each checked against its
-// digest.
+// digest. It reads the batch as it arrives: when the uploader's link is cut
+// in the middle, the whole pieces that came are kept, and the rerun of
+// `berth release create` sends only the rest.
 func (s *Server) contentPieces(w http.ResponseWriter, r *http.Request, p principal) error {
-	c, body, err := s.contentUpload(w, r)
+	c, err := s.contentStore()
 	if err != nil {
 		return err
 	}
-	resp, err := transfer.Receiver{Store: c.store}.PutBatch(body)
+	if r.ContentLength > transfer.MaxBatch {
+		return fmt.Errorf("request body over %d bytes; nothing of it was stored: %w", transfer.MaxBatch, errTooLarge)
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadDeadline))
+	body := &readErr{r: http.MaxBytesReader(w, r.Body, transfer.MaxBatch)}
+	resp, err := transfer.Receiver{Store: c.store}.PutBatchFrom(body)
+	if mbe := (*http.MaxBytesError)(nil); errors.As(body.err, &mbe) {
+		return fmt.Errorf("request body over %d bytes; %d pieces of it were stored: %w", mbe.Limit, resp.Stored, errTooLarge)
+	}
 	if err != nil {
+		if resp.Stored > 0 {
+			s.log.Info("a batch of pieces broke off; kept what arrived", "stored", resp.Stored, "error", err)
+		}
 		return err
 	}
 	reply(w, http.StatusOK, resp)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -432,9 +433,14 @@ func TestContentAccess(t *testing.T) {
 		if info, _ := up.ContentInfo(ctx); len(info.Images) != 3 {
 			t.Errorf("images after the refusals: %v", info.Images)
 		}
-		// Bodies: over the batch limit 413, malformed 400.
-		if code, _, body := e.do("POST", "/v1/content/pieces", e.adminToken, io.LimitReader(zeros{}, transfer.MaxBatch+1)); code != http.StatusRequestEntityTooLarge {
+		// Bodies: over the batch limit 413, malformed 400 (a batch is read
+		// as it arrives: what is not one is refused at its first bytes).
+		head := binary.AppendUvarint(append(append(transfer.NewBatch(), transfer.KindRaw), make([]byte, 32)...), transfer.MaxBatch-64)
+		if code, _, body := e.do("POST", "/v1/content/pieces", e.adminToken, io.LimitReader(io.MultiReader(bytes.NewReader(head), zeros{}), transfer.MaxBatch+1)); code != http.StatusRequestEntityTooLarge {
 			t.Errorf("a batch over the limit: %d %s", code, body)
+		}
+		if code, _, body := e.do("POST", "/v1/content/pieces", e.adminToken, io.LimitReader(zeros{}, transfer.MaxBatch+1)); code != http.StatusBadRequest {
+			t.Errorf("zeros over the batch limit: %d %s", code, body)
 		}
 		if code, _, body := e.do("POST", "/v1/content/missing", e.adminToken, strings.NewReader("odd")); code != http.StatusBadRequest {
 			t.Errorf("a question that is not digests: %d %s", code, body)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/transfer"
@@ -88,9 +89,70 @@ func (s source) Index(ctx context.Context, diffID string, bases []string) ([]byt
 	return b, hdr.Get(IndexBaseHeader), nil
 }
 
-func (s source) Pieces(ctx context.Context, layer string, digests []byte, bases []string) ([]byte, error) {
-	b, _, err := s.c.binary(ctx, http.MethodPost, "/v1/device/content/layers/"+esc(layer)+"/pieces"+baseQuery(bases), digests)
-	return b, err
+// Pieces returns the answer's body as it arrives, at most transfer.MaxBatch
+// bytes, so that the puller keeps the whole pieces of a batch whose
+// connection broke.
+//
+// A link that goes silent (out of a robot's Wi-Fi, no reset ever comes)
+// would hold the read for as long as TCP takes to give up, minutes: once
+// the answer has begun, a body that brings no byte for StallTimeout is
+// abandoned, so that the agent tries again from what it kept.
+func (s source) Pieces(ctx context.Context, layer string, digests []byte, bases []string) (io.ReadCloser, error) {
+	path := "/v1/device/content/layers/" + esc(layer) + "/pieces"
+	ctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.c.base.String()+path+baseQuery(bases), bytes.NewReader(digests))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Accept", "application/octet-stream, application/json")
+	resp, err := s.c.roundTrip(req)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	stalled := fmt.Errorf("no byte came for %s", StallTimeout)
+	b := &bodyReader{rc: resp.Body, r: io.LimitReader(resp.Body, transfer.MaxBatch), what: "POST " + path, cancel: cancel}
+	b.timer = time.AfterFunc(StallTimeout, func() { cancel(stalled) })
+	b.cause = func() error { return context.Cause(ctx) }
+	return b, nil
+}
+
+// StallTimeout is how long a device waits for the next byte of a batch of
+// pieces before it gives the connection up.
+const StallTimeout = 30 * time.Second
+
+// bodyReader is an answer's body read as it arrives; its errors name the
+// request (and a stall, when that ended it).
+type bodyReader struct {
+	rc     io.ReadCloser
+	r      io.Reader
+	what   string
+	cause  func() error // why the request's context ended, if it did
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.timer.Reset(StallTimeout)
+	}
+	if err != nil && err != io.EOF {
+		if cause := b.cause(); cause != nil {
+			err = fmt.Errorf("%w (%v)", err, cause)
+		}
+		err = fmt.Errorf("%s: %w", b.what, err)
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error {
+	b.timer.Stop()
+	err := b.rc.Close()
+	b.cancel(nil)
+	return err
 }
 
 // baseQuery names delta bases as ?base=…&base=…, each by its 64 hex digits

@@ -2,15 +2,13 @@ package transfer
 
 import (
 	"bytes"
+	"io"
 	"testing"
-
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/berth-robotics/berth/internal/content"
 )
 
 func TestCompressedBatch(t *testing.T) {
-	enc, _ := zstd.NewWriter(nil)
 	b := NewBatch()
 	var want []string
 	for i := 0; i < 100; i++ {
@@ -18,7 +16,7 @@ func TestCompressedBatch(t *testing.T) {
 		b = AppendFrame(b, Frame{Kind: KindRaw, Digest: content.Sum(data), Data: data})
 		want = append(want, string(data))
 	}
-	z := CompressBatch(enc, b)
+	z := CompressBatch(b)
 	if len(z) > len(b)/10 {
 		t.Errorf("compressed batch: %d of %d bytes", len(z), len(b))
 	}
@@ -34,7 +32,7 @@ func TestCompressedBatch(t *testing.T) {
 	}
 	// A bomb: a small body that would grow past MaxBatch is refused.
 	big := AppendFrame(NewBatch(), Frame{Kind: KindRaw, Data: make([]byte, MaxBatch)})
-	if err := DecodeFrames(CompressBatch(enc, big), func(Frame) error { return nil }); err == nil {
+	if err := DecodeFrames(CompressBatch(big), func(Frame) error { return nil }); err == nil {
 		t.Error("a batch growing past MaxBatch was accepted")
 	}
 }
@@ -46,8 +44,7 @@ func FuzzDecodeFrames(f *testing.F) {
 	b = AppendFrame(b, Frame{Kind: KindRaw, Digest: content.Sum([]byte("e")), Data: []byte("e")})
 	f.Add(b)
 	f.Add([]byte(framesMagic))
-	enc, _ := zstd.NewWriter(nil)
-	f.Add(CompressBatch(enc, b))
+	f.Add(CompressBatch(b))
 	reencode := func(data []byte) ([]byte, error) {
 		out := NewBatch()
 		err := DecodeFrames(data, func(fr Frame) error {
@@ -67,4 +64,58 @@ func FuzzDecodeFrames(f *testing.F) {
 			t.Fatalf("re-encoding is not stable: %v", err)
 		}
 	})
+}
+
+// cutReader is a stream that breaks off: its bytes, then err.
+type cutReader struct {
+	b   []byte
+	err error
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, c.err
+	}
+	n := copy(p, c.b)
+	c.b = c.b[n:]
+	return n, nil
+}
+
+// TestCutBatchKeepsWholeFrames: a compressed batch that breaks off anywhere
+// yields every frame that came whole but those in the last AlignEvery bytes,
+// or the frame in flight when it is larger. The pieces are incompressible,
+// so the bytes on the wire are the batch's own.
+func TestCutBatchKeepsWholeFrames(t *testing.T) {
+	batch := benchBatch(t, "random", 2<<20)
+	ranges := frameRanges(batch)
+	if len(ranges) < 20 || ranges[len(ranges)-1][1] != len(batch) {
+		t.Fatalf("frameRanges: %d frames, last ends at %d of %d", len(ranges), ranges[len(ranges)-1][1], len(batch))
+	}
+	z := CompressBatch(batch)
+	over := len(z) - len(batch) // the zstd frame's and blocks' headers
+	if over < 0 || over > 1024 {
+		t.Fatalf("incompressible batch: %d bytes compressed, %d raw", len(z), len(batch))
+	}
+	worst := 0
+	for c := 0; c < len(z); c += 8191 {
+		kept := 0
+		err := DecodeFramesFrom(&cutReader{b: z[:c], err: io.ErrUnexpectedEOF}, func(Frame) error { kept++; return nil })
+		if err == nil && c < len(z) {
+			t.Fatalf("cut at %d: no error", c)
+		}
+		end := len(framesMagic) // of the last frame kept
+		if kept > 0 {
+			end = ranges[kept-1][1]
+		}
+		lost := c - len(zframesMagic) - end // and headers: at most over
+		limit := AlignEvery
+		if kept < len(ranges) {
+			limit = max(limit, ranges[kept][1]-ranges[kept][0])
+		}
+		if lost > limit+over {
+			t.Errorf("cut at %d of %d: %d frames kept, %d bytes lost; want at most %d", c, len(z), kept, lost, limit)
+		}
+		worst = max(worst, lost)
+	}
+	t.Logf("%d frames, %d bytes: at most %d bytes lost at a cut", len(ranges), len(batch), worst)
 }

@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 	"time"
@@ -29,8 +30,10 @@ type Source interface {
 	Index(ctx context.Context, diffID string, bases []string) (body []byte, base string, err error)
 	// Pieces returns one batch holding the pieces of layer asked for
 	// (concatenated 32-byte digests), as raw pieces or as deltas against
-	// files of the layers in bases.
-	Pieces(ctx context.Context, layer string, digests []byte, bases []string) ([]byte, error)
+	// files of the layers in bases, as a stream the caller reads as it
+	// arrives (and closes): when it breaks off, the whole pieces that came
+	// are kept.
+	Pieces(ctx context.Context, layer string, digests []byte, bases []string) (io.ReadCloser, error)
 }
 
 // Server answers a Source's questions from a content store: the fleet
@@ -120,11 +123,7 @@ func (s Server) Pieces(layer string, digests []byte, bases []string) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	enc, err := sharedEncoder()
-	if err != nil {
-		return nil, err
-	}
-	return CompressBatch(enc, batch), nil
+	return CompressBatch(batch), nil
 }
 
 // sharedEncoder compresses the batches a server answers. EncodeAll may be
@@ -254,16 +253,18 @@ func (p *Puller) pieces(ctx context.Context, ix *content.Index, bases []string, 
 		if len(q) == 0 {
 			return nil
 		}
-		batch, err := p.Source.Pieces(ctx, ix.DiffID.String(), q, bases)
+		body, err := p.Source.Pieces(ctx, ix.DiffID.String(), q, bases)
 		if err != nil {
 			return fmt.Errorf("fetching pieces (what arrived is kept; the next try fetches the rest): %w", err)
 		}
-		resp, err := Receiver{Store: p.Store}.PutBatch(batch)
-		if err != nil {
-			return err
-		}
+		cr := &countingReader{r: body}
+		resp, err := Receiver{Store: p.Store}.PutBatchFrom(cr)
+		body.Close()
 		sum.PiecesSent += resp.Stored
-		sum.BytesSent += int64(len(batch))
+		sum.BytesSent += cr.n
+		if err != nil {
+			return fmt.Errorf("fetching pieces (%d whole pieces of the batch were kept; the next try fetches the rest): %w", resp.Stored, err)
+		}
 		got += inQ
 		if p.Progress != nil {
 			p.Progress(Progress{Stage: "send", Done: got, Total: total, Wire: sum.BytesSent})
@@ -286,4 +287,16 @@ func (p *Puller) pieces(ctx context.Context, ix *content.Index, bases []string, 
 		}
 	}
 	return flush()
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	"github.com/berth-robotics/berth/internal/content"
@@ -25,7 +26,15 @@ func (l *localSource) Config(_ context.Context, id string) ([]byte, error) {
 func (l *localSource) Index(_ context.Context, d string, bases []string) ([]byte, string, error) {
 	return l.Server.Index(d, bases)
 }
-func (l *localSource) Pieces(_ context.Context, layer string, q []byte, bases []string) ([]byte, error) {
+func (l *localSource) Pieces(_ context.Context, layer string, q []byte, bases []string) (io.ReadCloser, error) {
+	b, err := l.pieces(layer, q, bases)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func (l *localSource) pieces(layer string, q []byte, bases []string) ([]byte, error) {
 	l.requests++
 	b, err := l.Server.Pieces(layer, q, bases)
 	if err != nil || !l.damage {

@@ -7,8 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/delta"
 	"github.com/berth-robotics/berth/internal/imagetar"
@@ -322,11 +320,6 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		batchMax = 8 << 20
 	}
 	batchMax = min(batchMax, MaxBatch/2)
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
-	if err != nil {
-		return nil, err
-	}
-	defer enc.Close()
 	var wire, done int64
 	start := now()
 	batch, inBatch, batchChanged := NewBatch(), 0, int64(0)
@@ -346,7 +339,7 @@ func (s *Sender) send(ctx context.Context, imgs []imagetar.Image, indexes map[st
 		if inBatch == 0 {
 			return nil
 		}
-		body, changed := CompressBatch(enc, batch), batchChanged
+		body, changed := CompressBatch(batch), batchChanged
 		batch, inBatch, batchChanged = NewBatch(), 0, 0
 		if err := drain(); err != nil {
 			return err
