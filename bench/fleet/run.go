@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/berth-robotics/berth/internal/release"
@@ -200,6 +201,7 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	round.left.Store(int64(o.devices))
 	profiled = srv.cpuProfile(10*time.Second, filepath.Join(o.profile, db+"-wake.pprof"))
 	defer profiled()
+	defer selfProfile(o.profile, filepath.Join(o.profile, db+"-devices-wake.pprof"), 10*time.Second)()
 	ws0, wd0, wc0 := procStat(srv.pid(), false), dbStat(), selfCPU()
 	round.t0 = time.Now()
 	f.round.Store(round)
@@ -252,4 +254,29 @@ func (f *fleetSim) awaitApplied(ctx context.Context, limit time.Duration) error 
 		}
 	}
 	return nil
+}
+
+// selfProfile saves this process's CPU profile (the simulated devices')
+// over the next d into path when dir is set; the returned func waits for it.
+func selfProfile(dir, path string, d time.Duration) func() {
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		logf("devices' profile: %v", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		logf("devices' profile: %v", err)
+		return func() {}
+	}
+	t := time.AfterFunc(d, pprof.StopCPUProfile)
+	return func() {
+		if t.Stop() {
+			pprof.StopCPUProfile()
+		}
+		f.Close()
+	}
 }

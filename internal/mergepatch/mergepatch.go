@@ -31,7 +31,20 @@ func Diff(from, to []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge patch: the document to diff to: %w", err)
 	}
-	return json.Marshal(diff(a, b))
+	return DiffDocs(a, b)
+}
+
+// Doc is a JSON document decoded (by Decode) for DiffDocs and ApplyDoc:
+// one who diffs or patches the same document again and again keeps it
+// decoded rather than decode it each time.
+type Doc = any
+
+// Decode decodes a JSON document for DiffDocs and ApplyDoc.
+func Decode(b []byte) (Doc, error) { return decode(b) }
+
+// DiffDocs is Diff of decoded documents; neither is changed.
+func DiffDocs(from, to Doc) ([]byte, error) {
+	return json.Marshal(diff(from, to))
 }
 
 func diff(a, b any) any {
@@ -73,6 +86,19 @@ func Apply(doc, patch []byte) ([]byte, error) {
 		return nil, fmt.Errorf("merge patch: the patch: %w", err)
 	}
 	return json.Marshal(apply(d, p))
+}
+
+// ApplyDoc is Apply to a decoded document, which it changes and returns
+// changed (the result may be another value, so use the one returned),
+// with its encoding.
+func ApplyDoc(doc Doc, patch []byte) (Doc, []byte, error) {
+	p, err := decode(patch)
+	if err != nil {
+		return nil, nil, fmt.Errorf("merge patch: the patch: %w", err)
+	}
+	d := apply(doc, p)
+	b, err := json.Marshal(d)
+	return d, b, err
 }
 
 func apply(d, p any) any {

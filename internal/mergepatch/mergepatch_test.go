@@ -98,6 +98,13 @@ func FuzzDiffApply(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Apply(%s, Diff = %s): %v", a, patch, err)
 		}
+		// The same through a decoded document, as a server keeping
+		// devices' states decoded applies their patches.
+		if da, err := Decode(a); err == nil {
+			if _, viaDoc, err := ApplyDoc(da, patch); err != nil || !bytes.Equal(viaDoc, got) {
+				t.Fatalf("ApplyDoc(%s, %s) = %s, %v; Apply gave %s", a, patch, viaDoc, err, got)
+			}
+		}
 		want := decoded(t, b)
 		if !reflect.DeepEqual(dropNulls(want), dropNulls(decoded(t, got))) {
 			t.Fatalf("Diff(%s, %s) = %s; applied: %s", a, b, patch, got)

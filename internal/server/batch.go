@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+
+	"github.com/berth-robotics/berth/internal/mergepatch"
 )
 
 // groupCommit writes what arrives together as one: while one batch is
@@ -88,22 +90,28 @@ type stateCache struct {
 type cachedState struct {
 	version int64
 	state   json.RawMessage
+	doc     mergepatch.Doc // state decoded, or nil; one patch takes it
 }
 
 const maxCachedStates = 100_000
 
-// get returns the device's state if the cache holds it at version v.
-func (c *stateCache) get(device string, v int64) (json.RawMessage, bool) {
+// take returns the device's state if the cache holds it at version v,
+// and its decoded document if the cache has it, which is then the
+// caller's alone (it changes it) and leaves the cache.
+func (c *stateCache) take(device string, v int64) (json.RawMessage, mergepatch.Doc, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[device]
 	if !ok || e.version != v {
-		return nil, false
+		return nil, nil, false
 	}
-	return e.state, true
+	doc := e.doc
+	e.doc = nil
+	c.m[device] = e
+	return e.state, doc, true
 }
 
-func (c *stateCache) put(device string, v int64, state json.RawMessage) {
+func (c *stateCache) put(device string, v int64, state json.RawMessage, doc mergepatch.Doc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
@@ -115,5 +123,5 @@ func (c *stateCache) put(device string, v int64, state json.RawMessage) {
 			break
 		}
 	}
-	c.m[device] = cachedState{version: v, state: state}
+	c.m[device] = cachedState{version: v, state: state, doc: doc}
 }

@@ -169,7 +169,7 @@ func (s *Server) reportState(w http.ResponseWriter, r *http.Request, p principal
 	if err != nil {
 		return err
 	}
-	return s.storeState(w, r, *p.device, state, store.AnyVersion)
+	return s.storeState(w, r, *p.device, state, nil, store.AnyVersion)
 }
 
 // patchState answers PATCH /v1/device/state: what changed in the device's
@@ -187,7 +187,7 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request, p principal)
 	if err := decode(w, r, &patch, false); err != nil {
 		return err
 	}
-	stored, ok := s.lastStates.get(d.ID, base)
+	stored, doc, ok := s.lastStates.take(d.ID, base)
 	version := base
 	if !ok {
 		var err error
@@ -199,29 +199,40 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request, p principal)
 		return fmt.Errorf("the stored state is at version %d, not %d: send the whole state (PUT /v1/device/state); nothing was changed: %w",
 			version, base, release.ErrConflict)
 	}
-	state, err := applyStatePatch(stored, patch)
+	if doc == nil {
+		var err error
+		if doc, err = mergepatch.Decode(stored); err != nil {
+			return fmt.Errorf("the stored state of device %s: %w", d.ID, err)
+		}
+	}
+	state, doc, err := applyStatePatch(doc, patch)
 	if err != nil {
 		return err
 	}
-	return s.storeState(w, r, d, state, base)
+	return s.storeState(w, r, d, state, doc, base)
 }
 
-// applyStatePatch applies a device's merge patch to its stored state and
-// checks the result as a whole report is checked.
-func applyStatePatch(stored, patch json.RawMessage) (json.RawMessage, error) {
-	merged, err := mergepatch.Apply(stored, patch)
+// applyStatePatch applies a device's merge patch to its stored state,
+// decoded (doc, which it changes), and checks the result as a whole report
+// is checked. It returns the state to store and the patched document,
+// which holds the same state but maybe members CurrentState ignores: the
+// next patch applied to either stores the same.
+func applyStatePatch(doc mergepatch.Doc, patch json.RawMessage) (json.RawMessage, mergepatch.Doc, error) {
+	doc, merged, err := mergepatch.ApplyDoc(doc, patch)
 	if err != nil {
-		return nil, fmt.Errorf("state patch: %v; nothing was changed: %w", err, release.ErrInvalid)
+		return nil, nil, fmt.Errorf("state patch: %v; nothing was changed: %w", err, release.ErrInvalid)
 	}
 	var cs release.CurrentState
 	if err := json.Unmarshal(merged, &cs); err != nil {
-		return nil, fmt.Errorf("state patch: the patched state is not a state: %v; nothing was changed: %w", err, release.ErrInvalid)
+		return nil, nil, fmt.Errorf("state patch: the patched state is not a state: %v; nothing was changed: %w", err, release.ErrInvalid)
 	}
-	return encodeState(cs)
+	state, err := encodeState(cs)
+	return state, doc, err
 }
 
 // storeState stores a report, at most one per device per StateInterval.
-func (s *Server) storeState(w http.ResponseWriter, r *http.Request, d store.Device, state json.RawMessage, ifVersion int64) error {
+// doc is the state decoded, if the caller has it (see applyStatePatch).
+func (s *Server) storeState(w http.ResponseWriter, r *http.Request, d store.Device, state json.RawMessage, doc mergepatch.Doc, ifVersion int64) error {
 	// Counted once the report is good: a refused one costs no write.
 	if !s.states.allow(d.ID, s.now(), s.opts.StateInterval) {
 		return fmt.Errorf("state reported less than %s ago; report at most once per %s (changes can wait and go together): %w",
@@ -231,7 +242,7 @@ func (s *Server) storeState(w http.ResponseWriter, r *http.Request, d store.Devi
 	if res.Err != nil {
 		return res.Err
 	}
-	s.lastStates.put(d.ID, res.Version, state)
+	s.lastStates.put(d.ID, res.Version, state, doc)
 	reply(w, http.StatusOK, serverapi.StateReport{StateVersion: res.Version})
 	return nil
 }

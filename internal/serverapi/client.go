@@ -515,8 +515,9 @@ func (c *Client) PatchState(ctx context.Context, base int64, patch json.RawMessa
 type StateReporter struct {
 	Client *Client
 
-	sent    []byte // the last report the server acknowledged, as sent
-	version int64  // and its state version
+	sent    []byte         // the last report the server acknowledged, as sent
+	sentDoc mergepatch.Doc // decoded, to diff the next one against
+	version int64          // and its state version
 
 	// Whole and Patched count the reports sent each way; Bytes is what
 	// their bodies weighed.
@@ -530,8 +531,12 @@ func (r *StateReporter) Report(ctx context.Context, st release.CurrentState) (*S
 	if err != nil {
 		return nil, err
 	}
+	doc, err := mergepatch.Decode(body)
+	if err != nil {
+		return nil, err
+	}
 	if r.sent != nil {
-		patch, err := mergepatch.Diff(r.sent, body)
+		patch, err := mergepatch.DiffDocs(r.sentDoc, doc)
 		if err == nil && len(patch) < len(body) {
 			res, err := r.Client.PatchState(ctx, r.version, patch)
 			var ae *Error
@@ -539,7 +544,7 @@ func (r *StateReporter) Report(ctx context.Context, st release.CurrentState) (*S
 			case err == nil:
 				r.Patched++
 				r.Bytes += int64(len(patch))
-				r.sent, r.version = body, res.StateVersion
+				r.sent, r.sentDoc, r.version = body, doc, res.StateVersion
 				return res, nil
 			case errors.As(err, &ae) && (ae.Status == http.StatusConflict || ae.Status == http.StatusMethodNotAllowed || ae.Status == http.StatusNotFound):
 				// The server's state moved on, or it takes no patches:
@@ -555,7 +560,7 @@ func (r *StateReporter) Report(ctx context.Context, st release.CurrentState) (*S
 	}
 	r.Whole++
 	r.Bytes += int64(len(body))
-	r.sent, r.version = body, res.StateVersion
+	r.sent, r.sentDoc, r.version = body, doc, res.StateVersion
 	return res, nil
 }
 

@@ -133,7 +133,7 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 	// Each connection keeps up to 16 MB of pages and reads the file
 	// through mmap: with thousands of devices polling, page reads (a
 	// pread each) were a tenth of the server's CPU.
-	const common = "_busy_timeout=10000&_foreign_keys=1&_pragma=cache_size(-16000)&_pragma=mmap_size(268435456)"
+	const common = "_busy_timeout=10000&_foreign_keys=1&_pragma=cache_size(-16000)"
 	// One writer connection: writes queue in Go rather than spin on
 	// SQLITE_BUSY, and BEGIN IMMEDIATE takes the write lock up front so a
 	// transaction never fails to upgrade. Readers run beside it under WAL.
