@@ -130,9 +130,10 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("open SQLite: %w", err)
 	}
 	f.Close()
-	// Each connection keeps up to 16 MB of pages and reads the file
-	// through mmap: with thousands of devices polling, page reads (a
-	// pread each) were a tenth of the server's CPU.
+	// Each connection keeps up to 16 MB of pages. No mmap: in WAL mode a
+	// reader drops its cache, and unmaps the file, whenever a commit came
+	// since its last read, which with thousands of devices reporting is
+	// every read (BENCHMARKS.md, "Fleet server").
 	const common = "_busy_timeout=10000&_foreign_keys=1&_pragma=cache_size(-16000)"
 	// One writer connection: writes queue in Go rather than spin on
 	// SQLITE_BUSY, and BEGIN IMMEDIATE takes the write lock up front so a
