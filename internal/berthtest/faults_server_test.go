@@ -400,12 +400,7 @@ func TestFleetReportsAfterServerOutage(t *testing.T) {
 		write(t, f, fleetApp(env, v, false))
 		return createRelease(t, srv, f, "v"+v)
 	}
-	assign := func(id string) {
-		t.Helper()
-		if out, err := srv.Berth(t, "release", "assign", id, "--fleet", "lab", "--all"); err != nil {
-			t.Fatal(err, out)
-		}
-	}
+	assign := func(id string) { srv.AssignAll(t, id) }
 	v1, v2 := newRelease("1"), newRelease("2")
 	robot := env.NewFleetDevice(t, srv.URL, key)
 	assign(v1)

@@ -162,12 +162,7 @@ func TestFleetTargetBackMidSwitch(t *testing.T) {
 		write(t, compose, strings.Replace(web(port, v), "${IMG_A}", env.Images["a"], 1))
 		return createRelease(t, srv, compose, "v"+v)
 	}
-	assign := func(id string) {
-		t.Helper()
-		if out, err := srv.Berth(t, "release", "assign", id, "--fleet", "lab", "--all"); err != nil {
-			t.Fatal(err, out)
-		}
-	}
+	assign := func(id string) { srv.AssignAll(t, id) }
 	v1, v2 := newRelease("1"), newRelease("2")
 	robot := env.NewFleetDevice(t, srv.URL, key)
 	assign(v1)

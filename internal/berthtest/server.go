@@ -187,6 +187,14 @@ func (s *Server) Berth(t testing.TB, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// AssignAll makes release id the target of every device of fleet lab.
+func (s *Server) AssignAll(t testing.TB, id string) {
+	t.Helper()
+	if out, err := s.Berth(t, "release", "assign", id, "--fleet", "lab", "--all"); err != nil {
+		t.Fatal(err, out)
+	}
+}
+
 // CreateFleet creates a fleet with `berth fleet create --json` and returns
 // its provisioning key.
 func (s *Server) CreateFleet(t testing.TB, name string) string {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,27 +61,10 @@ func removeImages(t *testing.T, eng *engine.Client, refs ...string) {
 // layers exports the image and returns, per layer, its tar's bytes.
 func layers(t *testing.T, eng *engine.Client, ref string) map[string][]byte {
 	t.Helper()
-	rc, err := eng.Save(context.Background(), []string{ref})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
 	out := map[string][]byte{}
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasSuffix(h.Name, ".tar") || strings.HasPrefix(h.Name, "blobs/") {
-			b, err := io.ReadAll(tr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[h.Name] = b
+	for name, b := range saved(t, eng, ref) {
+		if strings.HasSuffix(name, ".tar") || strings.HasPrefix(name, "blobs/") {
+			out[name] = b
 		}
 	}
 	if len(out) == 0 {
