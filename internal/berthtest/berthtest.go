@@ -157,8 +157,21 @@ func Teardown() {
 				ids = append(ids, id)
 			}
 		}
-		if len(ids) > 0 {
-			_ = exec.CommandContext(ctx, "docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+		// A container that is going away at this moment (a device's agent
+		// stopping it) holds its image: try again once, then say what is left.
+		for try := 0; len(ids) > 0; try++ {
+			out, err := exec.CommandContext(ctx, "docker", append([]string{"rmi", "-f"}, ids...)...).CombinedOutput()
+			if err == nil {
+				break
+			}
+			if try == 1 {
+				fmt.Fprintf(os.Stderr, "berthtest: test images left on the engine: %v\n%s", err, out)
+				break
+			}
+			time.Sleep(5 * time.Second)
+			ids = slices.DeleteFunc(ids, func(id string) bool {
+				return exec.CommandContext(ctx, "docker", "image", "inspect", id).Run() != nil
+			})
 		}
 	}
 	os.RemoveAll(shared.Bin)
