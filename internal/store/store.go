@@ -178,11 +178,9 @@ type Store interface {
 
 	// DeviceApps returns what a device should run: a release per app, by app.
 	DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, error)
-	// DeviceReleases is the release of each of DeviceApps, by app, in one
-	// read.
-	DeviceReleases(ctx context.Context, deviceID string) ([]Release, error)
-	// DeviceReleaseRefs is DeviceReleases without the specs (Spec nil):
-	// enough to tell two devices' targets apart, read at every wake-up.
+	// DeviceReleaseRefs is the release of each of DeviceApps, by app, in
+	// one read, without its spec (Spec nil): enough to tell two devices'
+	// targets apart, read at every wake-up (Release reads a spec).
 	DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error)
 	// AssignRelease points the given devices of a fleet at one of the
 	// fleet's releases, for the release's app, skipping devices pinned to

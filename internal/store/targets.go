@@ -59,17 +59,6 @@ func (db *DB) DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, err
 	return as, nil
 }
 
-// DeviceReleases implements Store.
-func (db *DB) DeviceReleases(ctx context.Context, deviceID string) ([]Release, error) {
-	rs, err := queryAll(ctx, db.r, scanRelease, "SELECT "+releaseColsOf("r")+` FROM device_apps a
-		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
-		WHERE a.device_id = $1 ORDER BY a.app`, deviceID)
-	if err != nil {
-		return nil, fmt.Errorf("releases of device %s: %w", deviceID, err)
-	}
-	return rs, nil
-}
-
 // DeviceReleaseRefs implements Store.
 func (db *DB) DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error) {
 	rs, err := queryAll(ctx, db.r, func(s scanner) (Release, error) {
