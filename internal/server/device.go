@@ -49,7 +49,9 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 	poll:
 		for {
 			if woke >= 0 {
-				version = woke
+				// A hub still handling older changes may hand an older
+				// version than the one read: never go back.
+				version = max(version, woke)
 			} else if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
 				return err
 			}
