@@ -34,8 +34,8 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 	s.touch(ctx, d.ID)
 	version := d.TargetVersion
 	if conditional && version == known && wait > 0 {
-		wake, done, handled, cancel := s.hub.subscribe(d.ID)
-		defer cancel()
+		sub := s.hub.subscribe(d.ID)
+		defer sub.close() // after the answer is written
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		// Subscribed first, then read: a change from now on wakes us.
@@ -43,7 +43,7 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 		// hub handled nothing since (hub.handled). Woken for this
 		// device's change, the hub hands us its version.
 		woke := int64(-1)
-		if handled >= 0 && handled == p.handled {
+		if sub.Handled >= 0 && sub.Handled == p.handled {
 			woke = version
 		}
 	poll:
@@ -58,11 +58,13 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 			if version != known {
 				break
 			}
+			sub.waiting()
 			select {
-			case woke = <-wake:
+			case woke = <-sub.C:
+				sub.took()
 			case <-timer.C:
 				break poll
-			case <-done: // shutting down: the device asks again, maybe elsewhere
+			case <-sub.Done: // shutting down: the device asks again, maybe elsewhere
 				break poll
 			case <-ctx.Done():
 				return ctx.Err()

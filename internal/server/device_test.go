@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/berth-robotics/berth/internal/release"
+	"github.com/berth-robotics/berth/internal/server"
 	"github.com/berth-robotics/berth/internal/serverapi"
 )
 
@@ -547,6 +549,86 @@ func TestSharedTargets(t *testing.T) {
 		}
 		if _, got := env(cl1); got["B"] != "" || got["A"] != "2" {
 			t.Errorf("robot-1 got robot-2's env: %v", got)
+		}
+	})
+}
+
+// TestReportsLetWakeUpsGoFirst: while a long poll the hub woke is still to
+// be answered, a state report waits (for at most a few seconds); once every
+// woken poll has answered, it goes at once, and the hub counts nothing
+// under way.
+func TestReportsLetWakeUpsGoFirst(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{})
+		f := e.fleet("lab")
+		const n = 20
+		answered := make(chan error, n)
+		var reporter *serverapi.Client
+		var held func()
+		for i := range n {
+			d, cl, _ := e.device(f.ProvisioningKey, fmt.Sprintf("robot-%d", i))
+			first, _, err := cl.Target(ctx, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				reporter = cl
+				held = server.HoldWake(e.srv, d.ID) // woken, it does not answer
+				defer held()
+			}
+			go func() {
+				_, changed, err := cl.Target(ctx, first.Version, 30*time.Second)
+				if err == nil && !changed {
+					err = fmt.Errorf("answered 304, not the new target")
+				}
+				answered <- err
+			}()
+		}
+		time.Sleep(300 * time.Millisecond) // the polls are waiting
+		rel := e.release("lab", "app", "v1")
+		if _, err := e.admin.Assign(ctx, "lab", rel.ID, serverapi.AssignRequest{All: true}); err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			select {
+			case err := <-answered:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a long poll did not answer within 10s of the assignment")
+			}
+		}
+		if w := server.Woken(e.srv); w != 1 {
+			t.Fatalf("the hub counts %d wake-ups under way; want 1 (the one held)", w)
+		}
+
+		state := release.CurrentState{Agent: release.AgentInfo{Name: "robot-0", Version: "test", Arch: "amd64"}, Reported: time.Now().UTC()}
+		reported := make(chan error, 1)
+		go func() {
+			_, err := reporter.ReportState(ctx, state)
+			reported <- err
+		}()
+		select {
+		case err := <-reported:
+			t.Fatalf("a report went while a woken poll was unanswered (%v); it should wait", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		start := time.Now()
+		held()
+		select {
+		case err := <-reported:
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("the report went %s after the last woken poll answered; want at once", d)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the report never went after the last woken poll answered")
+		}
+		if w := server.Woken(e.srv); w != 0 {
+			t.Errorf("the hub counts %d wake-ups under way after all answered", w)
 		}
 	})
 }

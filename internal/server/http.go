@@ -51,6 +51,10 @@ func (p principal) actor() string {
 	return "anonymous"
 }
 
+// settleLimit is the longest a request that can wait (needDeviceLater)
+// waits for the long polls of a wake-up under way to be answered.
+const settleLimit = 5 * time.Second
+
 // apiFunc handles one endpoint; it writes a success itself and returns
 // errors for wrap to write.
 type apiFunc func(w http.ResponseWriter, r *http.Request, p principal) error
@@ -63,6 +67,9 @@ func (s *Server) wrap(pattern string, need access, h apiFunc) http.Handler {
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		var p principal
 		var err error
+		if need == needDeviceLater {
+			s.hub.settle(r.Context(), settleLimit)
+		}
 		if need != needNone {
 			if p, err = s.authenticate(r); err == nil {
 				err = allowed(p, need)
@@ -75,7 +82,7 @@ func (s *Server) wrap(pattern string, need access, h apiFunc) http.Handler {
 			s.writeError(rec, r, err)
 		}
 		level := slog.LevelInfo
-		if rec.status < 400 && (need == needDevice || r.Method == http.MethodGet) {
+		if rec.status < 400 && (need >= needDevice || r.Method == http.MethodGet) {
 			// Devices poll and report all the time; reads are many.
 			level = slog.LevelDebug
 		}
@@ -161,7 +168,7 @@ var roleRank = map[store.Role]access{
 
 // allowed holds p to what an endpoint needs.
 func allowed(p principal, need access) error {
-	if need == needDevice {
+	if need >= needDevice {
 		if p.device == nil {
 			return fmt.Errorf("only devices use /v1/device/*; this is a user's token: %w", release.ErrUnauthorized)
 		}

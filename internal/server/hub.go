@@ -34,6 +34,12 @@ const changesPage = 20000
 // then still to be handled, and wakes the waiter.
 // A waiter woken for its own device's change is handed the version the hub
 // read, and need not read it again; woken with unknown (-1), it reads it.
+//
+// A release to a fleet wakes thousands of waiters at once, and the woken
+// devices report their state soon after. Answering the long polls comes
+// first: the hub counts the wake-ups not answered yet (woken), and
+// requests that can wait (state reports, log batches) settle until that
+// count is back to zero, for at most a few seconds (settle).
 type hub struct {
 	st  targetWatch
 	log *slog.Logger
@@ -44,9 +50,13 @@ type hub struct {
 	seen    int64 // versions up to this one were handled; -1 before the first scan
 	waiters map[string]map[chan int64]struct{}
 	closed  chan struct{} // closed when run returns
+	woken   int           // wake-ups signalled and not yet answered
+	quiet   chan struct{} // closed while woken is 0
 }
 
 func newHub(st targetWatch, log *slog.Logger) *hub {
+	quiet := make(chan struct{})
+	close(quiet)
 	return &hub{
 		st:      st,
 		log:     log,
@@ -54,6 +64,7 @@ func newHub(st targetWatch, log *slog.Logger) *hub {
 		seen:    -1,
 		waiters: map[string]map[chan int64]struct{}{},
 		closed:  make(chan struct{}),
+		quiet:   quiet,
 	}
 }
 
@@ -76,29 +87,103 @@ func (h *hub) handled() int64 {
 	return h.seen
 }
 
-// subscribe registers a waiter for a device. Its channel receives when the
-// device's target may have changed: the device's new target version, or
-// -1 when the hub does not know it; done is closed when the hub stops.
-// Call cancel when done waiting. handled is hub.handled at the moment of
-// subscribing.
-func (h *hub) subscribe(deviceID string) (wake <-chan int64, done <-chan struct{}, handled int64, cancel func()) {
-	ch := make(chan int64, 1)
+// waiter is one long poll waiting for its device's target to change.
+type waiter struct {
+	// C receives when the device's target may have changed: the device's
+	// new target version, or -1 when the hub does not know it. Call took
+	// after each receive.
+	C <-chan int64
+	// Done is closed when the hub stops.
+	Done <-chan struct{}
+	// Handled is hub.handled at the moment of subscribing.
+	Handled int64
+
+	h      *hub
+	ch     chan int64
+	device string
+	held   int // wake-ups taken from C and not answered yet
+}
+
+// subscribe registers a waiter for a device. Call close when done
+// waiting, once the answer is written.
+func (h *hub) subscribe(deviceID string) *waiter {
+	w := &waiter{h: h, ch: make(chan int64, 1), device: deviceID, Done: h.closed}
+	w.C = w.ch
 	h.mu.Lock()
-	handled = h.seen
+	w.Handled = h.seen
 	ws := h.waiters[deviceID]
 	if ws == nil {
 		ws = map[chan int64]struct{}{}
 		h.waiters[deviceID] = ws
 	}
-	ws[ch] = struct{}{}
+	ws[w.ch] = struct{}{}
 	h.mu.Unlock()
-	return ch, h.closed, handled, func() {
-		h.mu.Lock()
-		delete(h.waiters[deviceID], ch)
-		if len(h.waiters[deviceID]) == 0 {
-			delete(h.waiters, deviceID)
-		}
-		h.mu.Unlock()
+	return w
+}
+
+// took says a wake-up was taken from C: it counts as under way until the
+// waiter answers (close) or goes back to waiting (waiting).
+func (w *waiter) took() { w.held++ }
+
+// waiting says the wake-ups taken were handled without an answer (the
+// version had not changed after all).
+func (w *waiter) waiting() {
+	if w.held == 0 {
+		return
+	}
+	w.h.mu.Lock()
+	w.h.answered(w.held)
+	w.h.mu.Unlock()
+	w.held = 0
+}
+
+// close unsubscribes: the wake-ups taken, and one signalled but never
+// taken, are answered.
+func (w *waiter) close() {
+	h := w.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.waiters[w.device], w.ch)
+	if len(h.waiters[w.device]) == 0 {
+		delete(h.waiters, w.device)
+	}
+	select {
+	case <-w.ch: // the hub no longer sends to it
+		w.held++
+	default:
+	}
+	h.answered(w.held)
+	w.held = 0
+}
+
+// answered takes n wake-ups off the count under way; h.mu is held.
+func (h *hub) answered(n int) {
+	if n == 0 {
+		return
+	}
+	h.woken -= n
+	if h.woken == 0 {
+		close(h.quiet)
+	}
+}
+
+// settle waits until every wake-up signalled so far is answered, for at
+// most limit: what can wait lets the long polls go first.
+func (h *hub) settle(ctx context.Context, limit time.Duration) {
+	h.mu.Lock()
+	quiet := h.quiet
+	h.mu.Unlock()
+	select {
+	case <-quiet:
+		return
+	default:
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-quiet:
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 
@@ -156,7 +241,7 @@ func (h *hub) wakeAll(seen int64) {
 	defer h.mu.Unlock()
 	h.seen = max(h.seen, seen)
 	for _, ws := range h.waiters {
-		signal(ws, -1)
+		h.signal(ws, -1)
 	}
 }
 
@@ -167,14 +252,15 @@ func (h *hub) wakeChanged(cs []store.TargetChange, seen int64) {
 	defer h.mu.Unlock()
 	for _, c := range cs {
 		seen = max(seen, c.Version)
-		signal(h.waiters[c.DeviceID], c.Version)
+		h.signal(h.waiters[c.DeviceID], c.Version)
 	}
 	h.seen = max(h.seen, seen)
 }
 
 // signal hands v to each waiter, replacing what it has not taken yet: the
-// hub is the only sender, and holds h.mu.
-func signal(ws map[chan int64]struct{}, v int64) {
+// hub is the only sender, and holds h.mu. A waiter that had nothing
+// waiting counts as woken until it answers.
+func (h *hub) signal(ws map[chan int64]struct{}, v int64) {
 	for ch := range ws {
 		w := v
 		select {
@@ -185,6 +271,10 @@ func signal(ws map[chan int64]struct{}, v int64) {
 				w = max(w, old)
 			}
 		default:
+			if h.woken == 0 {
+				h.quiet = make(chan struct{})
+			}
+			h.woken++
 		}
 		ch <- w
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/berth-robotics/berth/internal/store"
 )
@@ -33,10 +34,11 @@ func TestHubHandsVersions(t *testing.T) {
 	ctx := context.Background()
 	st := &fakeTargets{latest: 5}
 	h := newHub(st, slog.New(slog.DiscardHandler))
-	a, _, _, cancelA := h.subscribe("a")
-	defer cancelA()
-	b, _, _, cancelB := h.subscribe("b")
-	defer cancelB()
+	wa := h.subscribe("a")
+	defer wa.close()
+	wb := h.subscribe("b")
+	defer wb.close()
+	a, b := wa.C, wb.C
 	take := func(ch <-chan int64) (int64, bool) {
 		select {
 		case v := <-ch:
@@ -74,9 +76,72 @@ func TestHubHandsVersions(t *testing.T) {
 	if v, _ := take(b); v != 9 {
 		t.Errorf("two changes of b not taken: got %d, want 9", v)
 	}
-	signal(h.waiters["b"], 10)
+	h.mu.Lock()
+	h.signal(h.waiters["b"], 10)
+	h.mu.Unlock()
 	h.wakeAll(10)
 	if v, _ := take(b); v != -1 {
 		t.Errorf("a change and a wake-all not taken: got %d, want -1", v)
+	}
+}
+
+// TestHubSettles: requests that can wait wait while a wake-up is signalled
+// and not answered; a waiter answers by closing, or by going back to
+// waiting; a wake-up never taken is answered by the close; settle gives up
+// after its limit.
+func TestHubSettles(t *testing.T) {
+	ctx := context.Background()
+	st := &fakeTargets{latest: 1}
+	h := newHub(st, slog.New(slog.DiscardHandler))
+	if err := h.scan(ctx); err != nil {
+		t.Fatal(err)
+	}
+	settled := func() bool {
+		done := make(chan struct{})
+		go func() { h.settle(ctx, time.Minute); close(done) }()
+		select {
+		case <-done:
+			return true
+		case <-time.After(50 * time.Millisecond):
+			return false
+		}
+	}
+	if !settled() {
+		t.Fatal("nothing woken, yet settle waits")
+	}
+	a, b, c := h.subscribe("a"), h.subscribe("b"), h.subscribe("c")
+	st.latest, st.changes = 4, []store.TargetChange{{DeviceID: "a", Version: 2}, {DeviceID: "b", Version: 3}, {DeviceID: "c", Version: 4}}
+	if err := h.scan(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if settled() {
+		t.Fatal("three waiters woken, none answered, yet settle returned")
+	}
+	<-a.C
+	a.took()
+	a.close() // answered
+	<-b.C
+	b.took()
+	b.waiting() // not changed after all: back to waiting
+	if settled() {
+		t.Fatal("c is still to answer, yet settle returned")
+	}
+	c.close() // woken, never took it: gone all the same
+	if !settled() {
+		t.Fatalf("every wake-up answered, yet settle waits (woken %d)", h.woken)
+	}
+	b.close()
+	if h.woken != 0 {
+		t.Fatalf("woken = %d after every waiter closed", h.woken)
+	}
+
+	// One never answers: settle gives up after its limit.
+	d := h.subscribe("d")
+	defer d.close()
+	h.wakeAll(4)
+	start := time.Now()
+	h.settle(ctx, 100*time.Millisecond)
+	if took := time.Since(start); took < 100*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("settle with a wake-up never answered returned after %s; want its limit, 100ms", took)
 	}
 }

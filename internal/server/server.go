@@ -168,6 +168,9 @@ const (
 	needDeployer               //
 	needAdmin                  //
 	needDevice                 // a device's token
+	// A device's token, on a request that can wait: it lets the long
+	// polls of a wake-up under way be answered first (hub.settle).
+	needDeviceLater
 )
 
 func (a access) String() string {
@@ -178,7 +181,7 @@ func (a access) String() string {
 		return serverapi.RoleDeployer
 	case needAdmin:
 		return serverapi.RoleAdmin
-	case needDevice:
+	case needDevice, needDeviceLater:
 		return "device"
 	}
 	return "public"
@@ -244,10 +247,10 @@ func (s *Server) table() []route {
 		{"POST /v1/fleets/{fleet}/releases/{release}/assign", needDeployer, s.assignRelease},
 
 		{"GET /v1/device/target", needDevice, s.target},
-		{"PUT /v1/device/state", needDevice, s.reportState},
-		{"PATCH /v1/device/state", needDevice, s.patchState},
+		{"PUT /v1/device/state", needDeviceLater, s.reportState},
+		{"PATCH /v1/device/state", needDeviceLater, s.patchState},
 		{"GET /v1/device/releases/{release}", needDevice, s.deviceRelease},
-		{"POST /v1/device/logs", needDevice, s.shipLogs},
+		{"POST /v1/device/logs", needDeviceLater, s.shipLogs},
 
 		{"GET /v1/audit", needAdmin, s.listAudit},
 	},
