@@ -14,7 +14,9 @@ import (
 // under load one transaction (one commit, one fsync) carries many writes
 // instead of each waiting its turn for the database's writer — with
 // 10,000 devices the state reports and "seen" marks alone are hundreds of
-// writes a second (BENCHMARKS.md, "Fleet server").
+// writes a second (BENCHMARKS.md, "Fleet server"). Reads that many make
+// at once go the same way (what the targets of a fleet woken by a release
+// are made of: renderTarget).
 type groupCommit[T, R any] struct {
 	// write stores a batch and returns one result per item, in order.
 	write func(ctx context.Context, items []T) []R

@@ -32,29 +32,45 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 	}
 	ctx := r.Context()
 	s.touch(ctx, d.ID)
-	version := d.TargetVersion
+	// version is the device's target version as of the hub's mark at.
+	version, at := d.TargetVersion, p.handled
+	if p.kept && (!conditional || version != known) {
+		// A kept version only confirms what the device has; anything
+		// else is read (it may have heard of a change through a replica
+		// whose hub is ahead of this one's).
+		at = s.hub.handled()
+		if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
+			return err
+		}
+	}
 	if conditional && version == known && wait > 0 {
 		sub := s.hub.subscribe(d.ID)
 		defer sub.close() // after the answer is written
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		// Subscribed first, then read: a change from now on wakes us.
-		// The version read with the device serves as that read if the
-		// hub handled nothing since (hub.handled). Woken for this
-		// device's change, the hub hands us its version.
-		woke := int64(-1)
-		if sub.Handled >= 0 && sub.Handled == p.handled {
-			woke = version
-		}
+		// The version known serves as that read if the hub handled
+		// nothing since its mark (hub.handled). Woken for this device's
+		// change, the hub hands us its version and mark.
+		woke := wakeup{version: -1}
+		trusted := at >= 0 && sub.Handled == at
 	poll:
 		for {
-			if woke >= 0 {
+			switch {
+			case trusted:
+			case woke.version >= 0:
 				// A hub still handling older changes may hand an older
-				// version than the one read: never go back.
-				version = max(version, woke)
-			} else if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
-				return err
+				// version than the one known: never go back.
+				if woke.version >= version {
+					version, at = woke.version, woke.handled
+				}
+			default:
+				at = s.hub.handled()
+				if version, err = s.st.TargetVersion(ctx, d.ID); err != nil {
+					return err
+				}
 			}
+			trusted = false
 			if version != known {
 				break
 			}
@@ -70,6 +86,8 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, p principal) err
 				return ctx.Err()
 			}
 		}
+		// What this poll learnt saves the device's next request a read.
+		s.devices.known(p.deviceKey, version, at)
 	}
 	etag := strconv.Quote(strconv.FormatInt(version, 10))
 	w.Header().Set("ETag", etag)

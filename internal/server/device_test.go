@@ -381,6 +381,27 @@ func TestReplicas(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a line shipped through b did not reach a's follower")
 	}
+
+	// Deleted through a, the device's token (which b keeps, having just
+	// taken it) stops working on b within a second: the deletion took a
+	// target version, and NOTIFY brought it to b's hub.
+	if _, _, err := onB.Target(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.admin.DeleteDevice(ctx, reg.Device.ID); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for {
+		_, _, err := onB.Target(ctx, 0, 0)
+		if status(err) == http.StatusUnauthorized {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("the token of a device deleted through a still works on b after %s: %v", time.Since(start), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func asError(err error, target **serverapi.Error) bool { return errors.As(err, target) }
@@ -629,6 +650,50 @@ func TestReportsLetWakeUpsGoFirst(t *testing.T) {
 		}
 		if w := server.Woken(e.srv); w != 0 {
 			t.Errorf("the hub counts %d wake-ups under way after all answered", w)
+		}
+	})
+}
+
+// TestKeptDeviceNeverGoesBack: the server keeps a device found by its token
+// with its target version while its hub handles nothing new; a change it
+// has not handled yet (made on another replica, its NOTIFY still to come)
+// must not send a device that heard of it elsewhere back to the older
+// version, and its content is readable at once.
+func TestKeptDeviceNeverGoesBack(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		e := newEnv(t, b, envOptions{rescan: time.Minute})
+		f := e.fleet("lab")
+		d, cl, _ := e.device(f.ProvisioningKey, "robot-1")
+		first, _, err := cl.Target(ctx, 0, 0) // now kept
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, changed, err := cl.Target(ctx, first.Version, 10*time.Millisecond); err != nil || changed {
+			t.Fatalf("unchanged: %v, %v", changed, err)
+		}
+		// Straight into the store: as another replica would, but with no
+		// kick and no NOTIFY reaching this one's hub (its rescan is a
+		// minute away).
+		rel := e.release("lab", "app", "v1")
+		if _, err := e.st.AssignRelease(ctx, f.Fleet.ID, rel.ID, []string{d.ID}); err != nil {
+			t.Fatal(err)
+		}
+		now, err := e.st.TargetVersion(ctx, d.ID)
+		if err != nil || now <= first.Version {
+			t.Fatalf("target version after the assign: %d, %v", now, err)
+		}
+		// The device heard of it elsewhere and asks with the new version.
+		tg, changed, err := cl.Target(ctx, now, 500*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if changed {
+			t.Fatalf("asked with version %d (the newest), got version %d back: a kept version sent the device back", now, tg.Version)
+		}
+		// Asked without a version, it gets the new target, not the kept one.
+		tg, _, err = cl.Target(ctx, 0, 0)
+		if err != nil || tg.Version != now || tg.Apps["app"] == nil {
+			t.Fatalf("the whole target: %+v, %v; want version %d with the app", tg, err, now)
 		}
 	})
 }

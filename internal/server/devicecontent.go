@@ -267,7 +267,10 @@ func (s *Server) deviceImage(w http.ResponseWriter, r *http.Request, p principal
 	if err != nil {
 		return err
 	}
-	d := *p.device
+	d, err := s.deviceNow(r.Context(), p)
+	if err != nil {
+		return err
+	}
 	s.touch(r.Context(), d.ID)
 	dd, err := content.ParseDigest(r.PathValue("image"))
 	if err != nil {
@@ -301,7 +304,10 @@ func (s *Server) deviceLayer(w http.ResponseWriter, r *http.Request, p principal
 	if err != nil {
 		return err
 	}
-	d := *p.device
+	d, err := s.deviceNow(r.Context(), p)
+	if err != nil {
+		return err
+	}
 	s.touch(r.Context(), d.ID)
 	layer, e, err := s.deviceLayerAllowed(r, c, d)
 	if err != nil {
@@ -331,7 +337,10 @@ func (s *Server) devicePieces(w http.ResponseWriter, r *http.Request, p principa
 	if err != nil {
 		return err
 	}
-	d := *p.device
+	d, err := s.deviceNow(r.Context(), p)
+	if err != nil {
+		return err
+	}
 	s.touch(r.Context(), d.ID)
 	layer, e, err := s.deviceLayerAllowed(r, c, d)
 	if err != nil {

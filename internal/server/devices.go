@@ -230,6 +230,10 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, p principa
 	if err := s.st.DeleteDevice(r.Context(), d.ID); err != nil {
 		return err
 	}
+	// Its token stops working here now, and on other replicas once their
+	// hubs handle the target version the deletion took.
+	s.devices.forget(d.ID)
+	s.hub.kick()
 	s.audit(r, p, "device.delete", "device/"+d.ID, map[string]any{"name": d.Name, "fleet_id": d.FleetID})
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,10 +35,29 @@ type principal struct {
 	user   *store.User
 	token  *store.Token
 	device *store.Device
-	// handled is the hub's watermark (hub.handled) taken before the
-	// device was read: a long poll that subscribes while it is unchanged
-	// may trust the device's target version as read (see target).
+	// handled is the hub's mark (hub.handled) as of which the device's
+	// target version is its version (taken before the device was read, or
+	// kept with it in s.devices): a long poll that subscribes while the
+	// mark is unchanged may trust that version (see target).
 	handled int64
+	// deviceKey is the hash of a device's token, which s.devices keeps it by.
+	deviceKey [sha256.Size]byte
+	// kept: the device is as s.devices kept it, not read for this
+	// request; its target version may lag a change the hub has not handled
+	// yet (deviceNow).
+	kept bool
+}
+
+// deviceNow is the requesting device with its target version as stored
+// now, for what must not lag a change (what content it may read).
+func (s *Server) deviceNow(ctx context.Context, p principal) (store.Device, error) {
+	d := *p.device
+	if !p.kept {
+		return d, nil
+	}
+	v, err := s.st.TargetVersion(ctx, d.ID)
+	d.TargetVersion = v
+	return d, err
 }
 
 // actor names the principal in the audit log and the request log.
@@ -124,7 +144,11 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 	}
 	ctx := r.Context()
 	if strings.HasPrefix(secret, "bd_") {
+		key := tokenKey(secret)
 		handled := s.hub.handled()
+		if d, ok := s.devices.get(key, handled); ok {
+			return principal{device: &d, handled: handled, deviceKey: key, kept: true}, nil
+		}
 		d, err := s.st.DeviceByToken(ctx, secret)
 		if errors.Is(err, release.ErrNotFound) {
 			return principal{}, fmt.Errorf("unknown device token (was the device deleted?): %w", errUnauthenticated)
@@ -132,7 +156,8 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 		if err != nil {
 			return principal{}, err
 		}
-		return principal{device: &d, handled: handled}, nil
+		s.devices.put(key, d, handled)
+		return principal{device: &d, handled: handled, deviceKey: key}, nil
 	}
 	t, err := s.st.TokenBySecret(ctx, secret)
 	if errors.Is(err, release.ErrNotFound) {

@@ -33,7 +33,9 @@ const changesPage = 20000
 // handled in between (handled): a change committed after that read is
 // then still to be handled, and wakes the waiter.
 // A waiter woken for its own device's change is handed the version the hub
-// read, and need not read it again; woken with unknown (-1), it reads it.
+// read, and the hub's handled mark as of which it is the device's version
+// (a wakeup), and need not read it again; woken with unknown (-1), it
+// reads it.
 //
 // A release to a fleet wakes thousands of waiters at once, and the woken
 // devices report their state soon after. Answering the long polls comes
@@ -48,7 +50,7 @@ type hub struct {
 
 	mu      sync.Mutex
 	seen    int64 // versions up to this one were handled; -1 before the first scan
-	waiters map[string]map[chan int64]struct{}
+	waiters map[string]map[chan wakeup]struct{}
 	closed  chan struct{} // closed when run returns
 	woken   int           // wake-ups signalled and not yet answered
 	quiet   chan struct{} // closed while woken is 0
@@ -62,7 +64,7 @@ func newHub(st targetWatch, log *slog.Logger) *hub {
 		log:     log,
 		kicks:   make(chan struct{}, 1),
 		seen:    -1,
-		waiters: map[string]map[chan int64]struct{}{},
+		waiters: map[string]map[chan wakeup]struct{}{},
 		closed:  make(chan struct{}),
 		quiet:   quiet,
 	}
@@ -87,19 +89,25 @@ func (h *hub) handled() int64 {
 	return h.seen
 }
 
+// wakeup is what a waiter is handed: the device's target version (-1:
+// unknown, read it), which is its version as of the hub's handled mark
+// handled: every change up to that mark is in it.
+type wakeup struct {
+	version, handled int64
+}
+
 // waiter is one long poll waiting for its device's target to change.
 type waiter struct {
-	// C receives when the device's target may have changed: the device's
-	// new target version, or -1 when the hub does not know it. Call took
+	// C receives when the device's target may have changed. Call took
 	// after each receive.
-	C <-chan int64
+	C <-chan wakeup
 	// Done is closed when the hub stops.
 	Done <-chan struct{}
 	// Handled is hub.handled at the moment of subscribing.
 	Handled int64
 
 	h      *hub
-	ch     chan int64
+	ch     chan wakeup
 	device string
 	held   int // wake-ups taken from C and not answered yet
 }
@@ -107,13 +115,13 @@ type waiter struct {
 // subscribe registers a waiter for a device. Call close when done
 // waiting, once the answer is written.
 func (h *hub) subscribe(deviceID string) *waiter {
-	w := &waiter{h: h, ch: make(chan int64, 1), device: deviceID, Done: h.closed}
+	w := &waiter{h: h, ch: make(chan wakeup, 1), device: deviceID, Done: h.closed}
 	w.C = w.ch
 	h.mu.Lock()
 	w.Handled = h.seen
 	ws := h.waiters[deviceID]
 	if ws == nil {
-		ws = map[chan int64]struct{}{}
+		ws = map[chan wakeup]struct{}{}
 		h.waiters[deviceID] = ws
 	}
 	ws[w.ch] = struct{}{}
@@ -241,41 +249,48 @@ func (h *hub) wakeAll(seen int64) {
 	defer h.mu.Unlock()
 	h.seen = max(h.seen, seen)
 	for _, ws := range h.waiters {
-		h.signal(ws, -1)
+		h.signal(ws, wakeup{version: -1, handled: h.seen})
 	}
 }
 
 // wakeChanged signals the waiters of the devices changed, each with its
-// new version, and records that versions up to seen were handled.
+// new version, and records that versions up to seen were handled. The
+// changes were read after seen: each device's version in them is its
+// version as of the highest of seen and theirs (transactions that change
+// targets commit in version order).
 func (h *hub) wakeChanged(cs []store.TargetChange, seen int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	seen = max(h.seen, seen)
 	for _, c := range cs {
 		seen = max(seen, c.Version)
-		h.signal(h.waiters[c.DeviceID], c.Version)
 	}
-	h.seen = max(h.seen, seen)
+	for _, c := range cs {
+		h.signal(h.waiters[c.DeviceID], wakeup{version: c.Version, handled: seen})
+	}
+	h.seen = seen
 }
 
-// signal hands v to each waiter, replacing what it has not taken yet: the
+// signal hands w to each waiter, merged with what it has not taken yet: the
 // hub is the only sender, and holds h.mu. A waiter that had nothing
 // waiting counts as woken until it answers.
-func (h *hub) signal(ws map[chan int64]struct{}, v int64) {
+func (h *hub) signal(ws map[chan wakeup]struct{}, w wakeup) {
 	for ch := range ws {
-		w := v
+		v := w
 		select {
 		case old := <-ch:
-			if old < 0 || w < 0 {
-				w = -1
+			if old.version < 0 || v.version < 0 {
+				v.version = -1
 			} else {
-				w = max(w, old)
+				v.version = max(v.version, old.version)
 			}
+			v.handled = max(v.handled, old.handled)
 		default:
 			if h.woken == 0 {
 				h.quiet = make(chan struct{})
 			}
 			h.woken++
 		}
-		ch <- w
+		ch <- v
 	}
 }

@@ -39,10 +39,12 @@ func TestHubHandsVersions(t *testing.T) {
 	wb := h.subscribe("b")
 	defer wb.close()
 	a, b := wa.C, wb.C
-	take := func(ch <-chan int64) (int64, bool) {
+	var last wakeup
+	take := func(ch <-chan wakeup) (int64, bool) {
 		select {
 		case v := <-ch:
-			return v, true
+			last = v
+			return v.version, true
 		default:
 			return 0, false
 		}
@@ -61,8 +63,8 @@ func TestHubHandsVersions(t *testing.T) {
 
 	st.latest, st.changes = 7, []store.TargetChange{{DeviceID: "a", Version: 6}, {DeviceID: "a", Version: 7}}
 	must(h.scan(ctx))
-	if v, ok := take(a); !ok || v != 7 {
-		t.Errorf("a's change: got %d, %v; want 7", v, ok)
+	if v, ok := take(a); !ok || v != 7 || last.handled != 7 {
+		t.Errorf("a's change: got %d (as of %d), %v; want 7 as of 7", v, last.handled, ok)
 	}
 	if v, ok := take(b); ok {
 		t.Errorf("b woken by a's change (%d)", v)
@@ -77,11 +79,20 @@ func TestHubHandsVersions(t *testing.T) {
 		t.Errorf("two changes of b not taken: got %d, want 9", v)
 	}
 	h.mu.Lock()
-	h.signal(h.waiters["b"], 10)
+	h.signal(h.waiters["b"], wakeup{version: 10, handled: 10})
 	h.mu.Unlock()
 	h.wakeAll(10)
-	if v, _ := take(b); v != -1 {
-		t.Errorf("a change and a wake-all not taken: got %d, want -1", v)
+	if v, _ := take(b); v != -1 || last.handled != 10 {
+		t.Errorf("a change and a wake-all not taken: got %d as of %d, want -1 as of 10", v, last.handled)
+	}
+
+	// A change committed between reading the latest version and the
+	// changes: the mark handed, and the hub's, cover it.
+	take(a) // the wake-all
+	st.latest, st.changes = 11, append(st.changes, store.TargetChange{DeviceID: "a", Version: 12})
+	must(h.scan(ctx))
+	if v, _ := take(a); v != 12 || last.handled != 12 || h.handled() != 12 {
+		t.Errorf("a change read past the latest version: got %d as of %d, hub at %d; want 12 as of 12, hub at 12", v, last.handled, h.handled())
 	}
 }
 

@@ -70,6 +70,10 @@ type Server struct {
 
 	fleetNames sync.Map        // fleet ID → name (names never change)
 	targets    renderedTargets // targets as sent, shared by devices alike
+	devices    deviceTokens    // devices by token, as of the hub's mark (devicetokens.go)
+	// What the targets of devices woken together are made of, read for
+	// all of them at once (renderTarget).
+	targetParts *groupCommit[store.Device, targetParts]
 
 	// Devices' writes, grouped into one transaction when many come at once.
 	touches     *groupCommit[string, error]
@@ -131,6 +135,14 @@ func New(st store.Store, opts Options) *Server {
 			return slices.Repeat([]store.StateResult{{Err: err}}, len(reports))
 		}
 		return rs
+	})
+	s.targetParts = newGroupCommit(1000, func(ctx context.Context, ds []store.Device) []targetParts {
+		parts, err := st.TargetParts(ctx, ds)
+		out := make([]targetParts, len(ds))
+		for i, d := range ds {
+			out[i] = targetParts{parts: parts[d.ID], err: err}
+		}
+		return out
 	})
 	s.routes()
 	return s

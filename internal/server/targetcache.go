@@ -94,18 +94,25 @@ func targetKey(version int64, fleet string, refs []store.Release, layers []store
 	return b.String(), true
 }
 
+// targetParts is what a device's target is made of, or why it could not
+// be read.
+type targetParts struct {
+	parts store.TargetParts
+	err   error
+}
+
 // renderTarget is the body of a device's target at version: per app its
 // release, each service's environment overlaid with the env layers that
-// reach it (the file's < fleet < service < device < device-service).
+// reach it (the file's < fleet < service < device < device-service). What
+// it is made of is read after version, with the parts of the other devices
+// asking at the same time (a fleet woken by a release: a read per thousand
+// devices, not two per device).
 func (s *Server) renderTarget(ctx context.Context, d store.Device, version int64) ([]byte, error) {
-	refs, err := s.st.DeviceReleaseRefs(ctx, d.ID)
-	if err != nil {
-		return nil, err
+	p := s.targetParts.do(ctx, d)
+	if p.err != nil {
+		return nil, p.err
 	}
-	layers, err := s.st.EnvLayers(ctx, d.FleetID, d.ID)
-	if err != nil {
-		return nil, err
-	}
+	refs, layers := p.parts.Releases, p.parts.Env
 	fleet, err := s.fleetName(ctx, d.FleetID)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -223,16 +224,29 @@ func (db *DB) SetDeviceToken(ctx context.Context, id, secret string) error {
 	if err := checkSecret("set token of device "+id, secret); err != nil {
 		return err
 	}
-	res, err := db.w.ExecContext(ctx, "UPDATE devices SET token_hash = $2 WHERE id = $1", id, hashSecret(secret))
-	if isUnique(err) {
-		return fmt.Errorf("set token of device %s: the token is in use: %w", id, ErrConflict)
-	}
-	return mustAffect(res, err, "set token of device %s", id)
+	return db.inTx(ctx, func(tx *sql.Tx) error {
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE devices SET token_hash = $2 WHERE id = $1", id, hashSecret(secret))
+		if isUnique(err) {
+			return fmt.Errorf("set token of device %s: the token is in use: %w", id, ErrConflict)
+		}
+		if err := mustAffect(res, err, "set token of device %s", id); err != nil {
+			return err
+		}
+		return db.notify(ctx, tx, TargetsChannel, strconv.FormatInt(v, 10))
+	})
 }
 
 // DeleteDevice implements Store.
 func (db *DB) DeleteDevice(ctx context.Context, id string) error {
 	return db.inTx(ctx, func(tx *sql.Tx) error {
+		v, err := db.nextTarget(ctx, tx)
+		if err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, "DELETE FROM devices WHERE id = $1", id)
 		if err := mustAffect(res, err, "delete device %s", id); err != nil {
 			return err
@@ -242,7 +256,7 @@ func (db *DB) DeleteDevice(ctx context.Context, id string) error {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM env_layers WHERE device_id = $1", id); err != nil {
 			return fmt.Errorf("delete device %s: environment: %w", id, err)
 		}
-		return nil
+		return db.notify(ctx, tx, TargetsChannel, strconv.FormatInt(v, 10))
 	})
 }
 

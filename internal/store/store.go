@@ -151,10 +151,13 @@ type Store interface {
 	SetDeviceNotes(ctx context.Context, id, notes string) error
 	// SetDeviceTags replaces a device's tags (sorted, duplicates dropped).
 	SetDeviceTags(ctx context.Context, id string, tags []string) error
-	// SetDeviceToken replaces a device's token.
+	// SetDeviceToken replaces a device's token. Like DeleteDevice, it
+	// takes a target version (and announces it), though no target
+	// changes: servers that keep devices by token drop what they kept once
+	// they see a newer version.
 	SetDeviceToken(ctx context.Context, id, secret string) error
 	// DeleteDevice removes a device with its releases, environment layers
-	// and rollout progress.
+	// and rollout progress, and takes a target version (SetDeviceToken).
 	DeleteDevice(ctx context.Context, id string) error
 	// TouchDevice records that the device was seen now.
 	TouchDevice(ctx context.Context, id string) error
@@ -178,10 +181,12 @@ type Store interface {
 
 	// DeviceApps returns what a device should run: a release per app, by app.
 	DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, error)
-	// DeviceReleaseRefs is the release of each of DeviceApps, by app, in
-	// one read, without its spec (Spec nil): enough to tell two devices'
-	// targets apart, read at every wake-up (Release reads a spec).
-	DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error)
+	// TargetParts reads what the devices' targets are made of, by device
+	// ID, in two statements however many devices: the release of each of
+	// DeviceApps, by app, without its spec (Spec nil; Release reads one),
+	// and the environment layers that reach the device, as EnvLayers. Read
+	// at every wake-up, for the devices woken together.
+	TargetParts(ctx context.Context, devices []Device) (map[string]TargetParts, error)
 	// AssignRelease points the given devices of a fleet at one of the
 	// fleet's releases, for the release's app, skipping devices pinned to
 	// another release of that app. It returns the IDs of the devices whose
@@ -409,6 +414,13 @@ type ReleaseFilter struct {
 	FleetID string // required
 	App     string // only this app's
 	Limit   int    // at most this many; 0: 100
+}
+
+// TargetParts is what a device's target is made of besides its version
+// (Store.TargetParts).
+type TargetParts struct {
+	Releases []Release  // by app
+	Env      []EnvLayer // the fleet's and services' layers, then the device's own
 }
 
 // EnvLayer is one layer of environment variables. Layers apply in the order

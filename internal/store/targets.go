@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -59,23 +60,65 @@ func (db *DB) DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, err
 	return as, nil
 }
 
-// DeviceReleaseRefs implements Store.
-func (db *DB) DeviceReleaseRefs(ctx context.Context, deviceID string) ([]Release, error) {
-	rs, err := queryAll(ctx, db.r, func(s scanner) (Release, error) {
-		var r Release
-		var created int64
-		if err := s.Scan(&r.FleetID, &r.ID, &r.App, &r.Version, &created, &r.CreatedBy, &r.Signature, &r.KeyID); err != nil {
-			return Release{}, err
+// TargetParts implements Store.
+func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]TargetParts, error) {
+	ids := make([]string, 0, len(devices))
+	fleets := make([]string, 0, 1)
+	for _, d := range devices {
+		ids = append(ids, d.ID)
+		if !slices.Contains(fleets, d.FleetID) {
+			fleets = append(fleets, d.FleetID)
 		}
-		r.Created = fromMicros(created)
-		return r, nil
-	}, `SELECT r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id FROM device_apps a
-		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
-		WHERE a.device_id = $1 ORDER BY a.app`, deviceID)
-	if err != nil {
-		return nil, fmt.Errorf("releases of device %s: %w", deviceID, err)
 	}
-	return rs, nil
+	type ref struct {
+		device string
+		rel    Release
+	}
+	refs, err := queryAll(ctx, db.r, func(s scanner) (ref, error) {
+		var r ref
+		var created int64
+		if err := s.Scan(&r.device, &r.rel.FleetID, &r.rel.ID, &r.rel.App, &r.rel.Version, &created, &r.rel.CreatedBy, &r.rel.Signature, &r.rel.KeyID); err != nil {
+			return ref{}, err
+		}
+		r.rel.Created = fromMicros(created)
+		return r, nil
+	}, `SELECT a.device_id, r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id FROM device_apps a
+		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
+		WHERE `+db.dialect.inList("a.device_id", 1)+` ORDER BY a.device_id, a.app`, jsonList(ids))
+	if err != nil {
+		return nil, fmt.Errorf("releases of %d devices: %w", len(ids), err)
+	}
+	layers, err := queryAll(ctx, db.r, func(s scanner) (EnvLayer, error) {
+		var l EnvLayer
+		var vars string
+		var updated int64
+		if err := s.Scan(&l.FleetID, &l.DeviceID, &l.Service, &vars, &updated); err != nil {
+			return EnvLayer{}, err
+		}
+		l.Updated = fromMicros(updated)
+		return l, json.Unmarshal([]byte(vars), &l.Vars)
+	}, `SELECT fleet_id, device_id, service, vars, updated FROM env_layers
+		WHERE (device_id = '' AND `+db.dialect.inList("fleet_id", 1)+`) OR `+db.dialect.inList("device_id", 2)+`
+		ORDER BY fleet_id, device_id, service`, jsonList(fleets), jsonList(ids))
+	if err != nil {
+		return nil, fmt.Errorf("environment of %d devices: %w", len(ids), err)
+	}
+	parts := make(map[string]TargetParts, len(devices))
+	for _, r := range refs {
+		p := parts[r.device]
+		p.Releases = append(p.Releases, r.rel)
+		parts[r.device] = p
+	}
+	for _, d := range devices {
+		p := parts[d.ID]
+		for _, l := range layers { // ordered as EnvLayers: fleet's first, then the device's own
+			if l.FleetID == d.FleetID && (l.DeviceID == "" || l.DeviceID == d.ID) {
+				p.Env = append(p.Env, l)
+			}
+		}
+		parts[d.ID] = p
+	}
+	return parts, nil
 }
 
 // AssignRelease implements Store.

@@ -292,7 +292,11 @@ func testDevices(t *testing.T, s store.Store, _ *Clock) {
 	try(s.DeviceByName(ctx, lab.ID, "r3")).must(t)
 
 	tok2 := store.NewSecret("bd")
+	latest := try(s.LatestTargetVersion(ctx)).must(t)
 	is(t, s.SetDeviceToken(ctx, r1.ID, tok2), nil, "new token")
+	if v := try(s.LatestTargetVersion(ctx)).must(t); v <= latest {
+		t.Errorf("a new device token took no target version (%d, before %d): servers would keep the old one", v, latest)
+	}
 	_, err = s.DeviceByToken(ctx, tok)
 	is(t, err, store.ErrNotFound, "the replaced token")
 	try(s.DeviceByToken(ctx, tok2)).must(t)
@@ -319,7 +323,11 @@ func testDevices(t *testing.T, s store.Store, _ *Clock) {
 		t.Error("last seen not set by TouchDevices")
 	}
 
+	latest = try(s.LatestTargetVersion(ctx)).must(t)
 	is(t, s.DeleteDevice(ctx, r1.ID), nil, "delete")
+	if v := try(s.LatestTargetVersion(ctx)).must(t); v <= latest {
+		t.Errorf("deleting a device took no target version (%d, before %d): servers would keep its token", v, latest)
+	}
 	_, err = s.Device(ctx, r1.ID)
 	is(t, err, store.ErrNotFound, "deleted device")
 	_, err = s.DeviceByToken(ctx, tok2)
@@ -649,10 +657,13 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 
 	arm1Ref, nav2Ref := arm1, nav2
 	arm1Ref.Spec, nav2Ref.Spec = nil, nil
-	diff(t, "DeviceReleaseRefs of r2", []store.Release{arm1Ref, nav2Ref}, try(s.DeviceReleaseRefs(ctx, r2.ID)).must(t))
-	if rs := try(s.DeviceReleaseRefs(ctx, other.ID)).must(t); len(rs) != 0 {
-		t.Errorf("DeviceReleaseRefs of a device with no apps: %+v", rs)
+	parts := try(s.TargetParts(ctx, []store.Device{r1, r2, other})).must(t)
+	diff(t, "TargetParts of r2", []store.Release{arm1Ref, nav2Ref}, parts[r2.ID].Releases)
+	diff(t, "TargetParts of r1", []store.Release{nav2Ref}, parts[r1.ID].Releases)
+	if rs := parts[other.ID].Releases; len(rs) != 0 {
+		t.Errorf("TargetParts of a device with no apps: %+v", rs)
 	}
+	diff(t, "TargetParts of r2 alone", parts[r2.ID], try(s.TargetParts(ctx, []store.Device{r2})).must(t)[r2.ID])
 	if got := try(s.DeviceRelease(ctx, r1.ID, nav2.ID)).must(t); got.ID != nav2.ID || string(got.Spec) != string(nav2.Spec) {
 		t.Errorf("DeviceRelease: %+v", got)
 	}
@@ -758,6 +769,16 @@ func testEnv(t *testing.T, s store.Store, _ *Clock) {
 	diff(t, "r1/nav", map[string]string{"LOG": "debug", "SITE": "bench", "ID": "r1", "MAP": "floor2"}, store.MergeEnv(layers, "nav"))
 	diff(t, "r1/arm", map[string]string{"LOG": "info", "SITE": "bench", "ID": "r1", "SPEED": "slow"}, store.MergeEnv(layers, "arm"))
 	diff(t, "r2/nav", map[string]string{"LOG": "debug", "SITE": "lab", "MAP": "floor1"}, store.MergeEnv(try(s.EnvLayers(ctx, lab.ID, r2.ID)).must(t), "nav"))
+	// TargetParts reads the same layers for many devices at once, and
+	// keeps fleets and devices apart.
+	is(t, s.SetEnv(ctx, store.EnvLayer{FleetID: field.ID, Vars: map[string]string{"SITE": "field"}}), nil, "set env of field")
+	parts := try(s.TargetParts(ctx, []store.Device{r1, r2, other})).must(t)
+	diff(t, "TargetParts env of r1", layers, parts[r1.ID].Env)
+	diff(t, "TargetParts env of r2", try(s.EnvLayers(ctx, lab.ID, r2.ID)).must(t), parts[r2.ID].Env)
+	diff(t, "TargetParts env of o1", try(s.EnvLayers(ctx, field.ID, other.ID)).must(t), parts[other.ID].Env)
+	if len(parts[other.ID].Env) != 1 || len(parts[r2.ID].Env) != 2 {
+		t.Errorf("TargetParts env: o1 %+v, r2 %+v", parts[other.ID].Env, parts[r2.ID].Env)
+	}
 	if got := try(s.EnvLayers(ctx, lab.ID, "")).must(t); len(got) != 2 {
 		t.Errorf("fleet-wide layers: %+v", got)
 	}
