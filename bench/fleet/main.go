@@ -39,6 +39,8 @@ func main() {
 	flag.DurationVar(&o.report, "report", 60*time.Second, "each device reports its state this often (±20% jitter)")
 	flag.DurationVar(&o.duration, "duration", 3*time.Minute, "steady state measured between registration and the release")
 	flag.DurationVar(&o.wait, "wait", 30*time.Second, "long poll wait the devices ask for (berthd's default poll interval)")
+	flag.DurationVar(&o.settle, "settle", time.Second, "a device woken by a release reports it this long after (plus up to -settle-jitter), as berthd lets a switch's events settle for a second before it reports")
+	flag.DurationVar(&o.settleJitter, "settle-jitter", 500*time.Millisecond, "see -settle; runs before 2026-12-01 03:30 used -settle 100ms -settle-jitter 400ms")
 	flag.IntVar(&o.fetchRate, "fetch-rate", 20, "full target fetches per second sampled during steady state")
 	flag.StringVar(&o.out, "out", "bench/fleet", "directory for results-<date>.{md,json}; empty: stdout only")
 	flag.StringVar(&o.profile, "profile", "", "directory for the server's CPU profiles of steady state and of the wake, its heap after steady state and its log (<db>-steady.pprof, <db>-wake.pprof, <db>-heap.pprof, <db>-server.log); empty: none")
@@ -63,8 +65,11 @@ type options struct {
 	duration  time.Duration
 	wait      time.Duration
 	fetchRate int
-	out       string
-	profile   string
+	// A woken device reports the new release settle + up to settleJitter
+	// after it was woken.
+	settle, settleJitter time.Duration
+	out                  string
+	profile              string
 }
 
 func run(ctx context.Context, o options) error {
@@ -84,7 +89,8 @@ func run(ctx context.Context, o options) error {
 	}
 	res := &Results{
 		Started: time.Now().UTC(),
-		Options: Opts{Devices: o.devices, Report: o.report.String(), Duration: o.duration.String(), Wait: o.wait.String(), FetchRate: o.fetchRate},
+		Options: Opts{Devices: o.devices, Report: o.report.String(), Duration: o.duration.String(), Wait: o.wait.String(), FetchRate: o.fetchRate,
+			Settle: o.settle.String(), SettleJitter: o.settleJitter.String()},
 		Machine: machine(),
 	}
 	var dbs []string

@@ -26,6 +26,10 @@ type Opts struct {
 	Duration  string `json:"duration"`
 	Wait      string `json:"wait"`
 	FetchRate int    `json:"fetch_rate"`
+	// Settle and SettleJitter: when a woken device reports the release
+	// (absent from runs before they were options: 100ms and 400ms).
+	Settle       string `json:"settle,omitempty"`
+	SettleJitter string `json:"settle_jitter,omitempty"`
 }
 
 // The issue's targets.
@@ -68,8 +72,8 @@ func (r *Results) Markdown() string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	m := r.Machine
 	p("# bench/fleet: %d simulated devices, %s\n\n", r.Options.Devices, r.Started.Format("2006-01-02 15:04 UTC"))
-	p("Command: `go run ./bench/fleet -devices %d -report %s -duration %s -wait %s -fetch-rate %d` (-db as in the runs below)\n\n",
-		r.Options.Devices, r.Options.Report, r.Options.Duration, r.Options.Wait, r.Options.FetchRate)
+	p("Command: `go run ./bench/fleet -devices %d -report %s -duration %s -wait %s -fetch-rate %d -settle %s -settle-jitter %s` (-db as in the runs below)\n\n",
+		r.Options.Devices, r.Options.Report, r.Options.Duration, r.Options.Wait, r.Options.FetchRate, r.Options.Settle, r.Options.SettleJitter)
 	p("Machine: %d CPUs (%s), %s, Linux %s, %s, tree %s; load average %s at the start, %s at the end (shared machine); RLIMIT_NOFILE %d.\n",
 		m.CPUs, m.CPUModel, m.MemTotal, m.Kernel, m.Go, m.Commit, m.LoadStart, m.LoadEnd, m.NoFile)
 	p("The server is `berth server` built from this tree, a separate process on 127.0.0.1; the devices are goroutines of the benchmark's process on the same 2 CPUs, over one shared HTTP transport (keep-alive), dialling from 127.0.0.1–4.\n\n")

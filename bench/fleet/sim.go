@@ -261,8 +261,10 @@ func (d *device) report(ctx context.Context) {
 			d.send(ctx, &f.reports, nil)
 			timer.Reset(every())
 		case id := <-d.apply:
-			// Pulling and switching, in no time at all but a little.
-			sleep(ctx, 100*time.Millisecond+rand.N(400*time.Millisecond))
+			// berthd reports a second after a switch's first event (it
+			// lets a burst of events settle: reportLoop); the pull and
+			// the switch themselves take no time here.
+			sleep(ctx, f.o.settle+rand.N(f.o.settleJitter+1))
 			d.send(ctx, &f.applies, func(cs *release.CurrentState) {
 				services := map[string]release.ServiceState{}
 				for _, svc := range []string{"planner", "lidar"} {
