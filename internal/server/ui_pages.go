@@ -39,10 +39,11 @@ type uiPage struct {
 
 // page fills in what every page of a logged-in user shows.
 func (s *Server) page(r *http.Request, u uiRequest, title string, data any) uiPage {
-	pg := uiPage{Title: title, User: u.p.user, CSRF: u.csrf, CanDeploy: u.canDeploy(), IsAdmin: u.isAdmin(), Data: data,
-		Flash: r.URL.Query().Get("done")}
-	if len(pg.Flash) > 200 {
-		pg.Flash = ""
+	pg := uiPage{Title: title, User: u.p.user, CSRF: u.csrf, CanDeploy: u.canDeploy(), IsAdmin: u.isAdmin(), Data: data}
+	// ?done= is what the redirect after an action names; only those words
+	// are shown, so a link cannot put its own text on the page.
+	if done := r.URL.Query().Get("done"); slices.Contains(flashes, done) {
+		pg.Flash = done
 	}
 	pg.Fleets, _ = s.st.ListFleets(r.Context())
 	if len(pg.Fleets) > 0 {
@@ -50,6 +51,9 @@ func (s *Server) page(r *http.Request, u uiRequest, title string, data any) uiPa
 	}
 	return pg
 }
+
+// flashes are the words ?done= may name: what a rollout action did.
+var flashes = []string{"started", "paused", "resumed", "aborted"}
 
 var uiFuncs = template.FuncMap{
 	"short": release.ShortID,
@@ -263,9 +267,11 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 			return nil
 		case <-time.After(max(uiLiveInterval, 10*took)):
 		}
-		if _, err := s.uiSession(r); err != nil {
-			return nil // logged out, or the token is gone: no more news
+		u, err = s.stillAllowed(r, u)
+		if err != nil {
+			return nil // logged out, the token is gone, or the role changed: no more news
 		}
+		pg.User, pg.CanDeploy, pg.IsAdmin = u.p.user, u.canDeploy(), u.isAdmin()
 		t0 := time.Now()
 		pg.Data, err = build(ctx)
 		took = time.Since(t0)
@@ -278,12 +284,15 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 	}
 }
 
-// writeEvent writes one server-sent event.
+// writeEvent writes one server-sent event. A stream's lines end at CR, LF
+// or CRLF, so data is split at each of them: a CR inside what a device
+// reported (a reason, a service's name) cannot start a field of its own.
 func writeEvent(w http.ResponseWriter, event, data string) error {
 	var b strings.Builder
 	b.WriteString("event: " + event + "\n")
+	data = strings.ReplaceAll(strings.ReplaceAll(data, "\r\n", "\n"), "\r", "\n")
 	for line := range strings.SplitSeq(data, "\n") {
-		b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+		b.WriteString("data: " + line + "\n")
 	}
 	b.WriteString("\n")
 	_, err := w.Write([]byte(b.String()))
@@ -636,8 +645,8 @@ func (s *Server) uiLogs(w http.ResponseWriter, r *http.Request, u uiRequest) err
 		case <-wake:
 		case <-time.After(uiLiveInterval): // lines stored by another replica
 		}
-		if _, err := s.uiSession(r); err != nil {
-			return nil // logged out, or the token is gone
+		if _, err := s.stillAllowed(r, u); err != nil {
+			return nil // logged out, the token is gone, or the role changed
 		}
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/server"
 	"github.com/berth-robotics/berth/internal/serverapi"
 	"github.com/berth-robotics/berth/internal/store"
@@ -201,11 +203,22 @@ func TestUIAuth(t *testing.T) {
 	if _, _, body := vera.get("/ui/fleets/lab/releases"); strings.Contains(body, "Start rollout") {
 		t.Error("releases page for a viewer offers to start a rollout")
 	}
-	if st, _, _ := vera.do(http.MethodPost, roPath+"/pause", url.Values{"csrf": {vera.csrf}}); st != http.StatusForbidden {
-		t.Errorf("pause as viewer: %d, want 403", st)
+	before = e.auditCount()
+	for path, form := range map[string]url.Values{
+		roPath + "/pause":         {"csrf": {vera.csrf}},
+		roPath + "/resume":        {"csrf": {vera.csrf}},
+		roPath + "/abort":         {"csrf": {vera.csrf}},
+		"/ui/fleets/lab/rollouts": {"csrf": {vera.csrf}, "release": {rel.ID}},
+	} {
+		if st, _, _ := vera.do(http.MethodPost, path, form); st != http.StatusForbidden {
+			t.Errorf("POST %s as viewer: %d, want 403", path, st)
+		}
 	}
 	if got, _ := e.st.Rollout(ctx, ro.ID); got.Status != store.RolloutRunning {
 		t.Fatalf("a viewer's post changed the rollout: %s", got.Status)
+	}
+	if after := e.auditCount(); after != before {
+		t.Errorf("a viewer's posts changed something: %d audit entries, were %d", after, before)
 	}
 
 	// The deployer acts: pause (with a reason), resume, abort.
@@ -368,5 +381,219 @@ func TestUILogs(t *testing.T) {
 	}
 	if len(got) != 1 || !strings.Contains(got[0], `"text":"planner ready"`) {
 		t.Fatalf("log events after line 1: %q; want just the new line", got)
+	}
+}
+
+// liveRaw reads the page's event stream up to the end of its first "live"
+// event and returns the stream's bytes so far, as sent.
+func liveRaw(t *testing.T, b *browser, path string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.e.URL+path, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("live %s: %d", path, resp.StatusCode)
+	}
+	done := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	defer done.Stop()
+	r := bufio.NewReader(resp.Body)
+	var raw strings.Builder
+	inLive := false
+	for {
+		line, err := r.ReadString('\n')
+		raw.WriteString(line)
+		if err != nil {
+			t.Fatalf("live %s: %v after %q", path, err, raw.String())
+		}
+		if line == "event: live\n" {
+			inLive = true
+		}
+		if inLive && line == "\n" {
+			return raw.String()
+		}
+	}
+}
+
+// TestUIDeviceState: what a device reports — service names, reasons, lock
+// holders, who deployed an override, agent versions — is text on the
+// page, escaped, in the page and in its live events; a CR in it cannot
+// start a field of the event stream; lock waits, overrides, rollbacks and
+// kept releases show; environment variables show by name and layer, their
+// values never (in the page or its events).
+func TestUIDeviceState(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	f := e.fleet("lab")
+	dev, cl, _ := e.device(f.ProvisioningKey, "robot-a")
+	secrets := map[string]string{"DB_PASSWORD": "hunter2-fleet-value", "SITE": "lab-site-value"}
+	if _, err := e.admin.SetEnv(ctx, serverapi.EnvScope{Fleet: "lab"}, secrets); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.SetEnv(ctx, serverapi.EnvScope{Fleet: "lab", Device: dev.ID, Service: "nav"}, map[string]string{"API_TOKEN": "tok-device-value"}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	evil := "<script>alert(1)</script>"
+	state := release.CurrentState{
+		Agent: release.AgentInfo{Name: "robot-a", Version: "v1" + evil, Arch: "arm64"},
+		Apps: map[string]release.AppState{
+			"cam": {Version: "v2", Phase: release.PhaseRolledBack, FleetFailed: "sha256:" + strings.Repeat("b", 64),
+				Error:    "service web unhealthy: " + evil + "\rretry: 1\revent: evil\rdata: injected",
+				Kept:     []release.KeptRelease{{ID: "sha256:" + strings.Repeat("c", 64), Version: "v1"}},
+				Services: map[string]release.ServiceState{`<img src=x onerror="alert(2)">`: {State: "running", Health: "healthy", Restarts: 3}},
+				Updated:  now},
+			"nav": {Version: "v1", Phase: release.PhaseWaitingLock, Lock: &release.LockInfo{Holder: "mission-" + evil}, Updated: now,
+				Services: map[string]release.ServiceState{"nav": {State: "running"}}},
+			"arm": {Version: "dev", Phase: release.PhaseIdle, Override: &release.Override{By: "alice@laptop" + evil, Since: now}, Updated: now,
+				Services: map[string]release.ServiceState{"arm": {State: "running"}}},
+		},
+		Reported: now,
+	}
+	if _, err := cl.ReportState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	_, _, page := b.get("/ui/devices/" + dev.ID)
+	overview := liveRaw(t, b, "/ui/?fleet=lab")
+	live := liveRaw(t, b, "/ui/devices/"+dev.ID)
+	for name, body := range map[string]string{"page": page, "live": live, "overview": overview} {
+		for _, bad := range []string{"<script>", "<img src=x", "hunter2-fleet-value", "lab-site-value", "tok-device-value"} {
+			if strings.Contains(body, bad) {
+				t.Errorf("%s holds %q", name, bad)
+			}
+		}
+		if name == "overview" {
+			if !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+				t.Errorf("overview: the reason is not there, escaped:\n%s", body)
+			}
+			continue
+		}
+		for _, want := range []string{
+			"&lt;script&gt;alert(1)&lt;/script&gt;",                 // the reason, the agent's version
+			"&lt;img src=x onerror=&#34;alert(2)&#34;&gt;",          // a service's name
+			"waiting for the update lock held by mission-&lt;",      // a lock wait
+			"local override deployed by alice@laptop&lt;script&gt;", // an override
+			"rolled back", "<dt>Kept</dt>",
+			"DB_PASSWORD", "SITE", "API_TOKEN", // names, not values
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s: no %q", name, want)
+			}
+		}
+	}
+	for _, raw := range []string{live, overview} {
+		if strings.Contains(raw, "\r") {
+			t.Errorf("a CR in the event stream (ends a line, so a device could start a field):\n%q", raw)
+		}
+		for line := range strings.SplitSeq(raw, "\n") {
+			if line != "" && !strings.HasPrefix(line, "data: ") && !strings.HasPrefix(line, "event: live") {
+				t.Errorf("event stream line %q: want only event: live and data: lines", line)
+			}
+		}
+	}
+}
+
+// TestUISession: a session ends after 12 hours; logout needs the session's
+// CSRF token (a forced logout is refused); a live stream ends when its
+// user loses the role its page needs; over TLS the cookies are Secure;
+// ?done= shows only what an action did, not text from a link.
+func TestUISession(t *testing.T) {
+	clk := newClock()
+	e := newEnv(t, sqlite, envOptions{clock: clk})
+	e.fleet("lab")
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+
+	if st, _, _ := b.do(http.MethodPost, "/ui/logout", url.Values{}); st != http.StatusForbidden {
+		t.Errorf("logout without the CSRF token: %d, want 403", st)
+	}
+	if st, _, body := b.get("/ui/"); st != 200 || !strings.Contains(body, "Log out") {
+		t.Fatalf("a refused logout ended the session: %d", st)
+	}
+
+	if _, _, body := b.get("/ui/?fleet=lab&done=aborted"); !strings.Contains(body, "Rollout aborted.") {
+		t.Error("?done=aborted: no flash")
+	}
+	if _, _, body := b.get("/ui/?fleet=lab&done=" + url.QueryEscape("aborted. Your session expired: log in at evil.example")); strings.Contains(body, "evil.example") || strings.Contains(body, `class="flash"`) {
+		t.Error("?done= put a link's own text on the page")
+	}
+
+	clk.Add(12*time.Hour - time.Minute)
+	if st, _, _ := b.get("/ui/"); st != 200 {
+		t.Fatalf("a session under 12 hours old: %d", st)
+	}
+	clk.Add(2 * time.Minute)
+	if st, loc, _ := b.get("/ui/"); st != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/login") {
+		t.Errorf("a session over 12 hours old: %d to %q, want the login page", st, loc)
+	}
+	if st, _, _ := b.do(http.MethodGet, "/ui/", nil, "Accept", "text/event-stream"); st != http.StatusUnauthorized {
+		t.Errorf("live updates of an expired session: %d, want 401", st)
+	}
+
+	// A role taken away ends the streams that needed it.
+	ada := newBrowser(t, e)
+	ada.login(e.user("ada", serverapi.RoleAdmin))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.URL+"/ui/audit", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := ada.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	if stream.StatusCode != 200 {
+		t.Fatalf("the audit log's stream: %s", stream.Status)
+	}
+	ended := make(chan struct{})
+	go func() { io.Copy(io.Discard, stream.Body); close(ended) }()
+	u, err := e.st.UserByName(ctx, "ada")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetUserRole(ctx, u.ID, store.RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Error("the audit log's stream went on after its user stopped being an admin")
+	}
+	if st, _, _ := ada.get("/ui/audit"); st != http.StatusForbidden {
+		t.Errorf("the audit log for a former admin: %d, want 403", st)
+	}
+
+	// Over TLS.
+	ts := httptest.NewTLSServer(e.srv.Handler())
+	defer ts.Close()
+	jar, _ := cookiejar.New(nil)
+	c := ts.Client()
+	c.Jar = jar
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Get(ts.URL + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := csrfRE.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("login page over TLS:\n%s", body)
+	}
+	resp, err = c.PostForm(ts.URL+"/ui/login", url.Values{"token": {e.adminToken}, "csrf": {string(m[1])}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	var sess *http.Cookie
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "berth_session" {
+			sess = ck
+		}
+	}
+	if resp.StatusCode != http.StatusSeeOther || sess == nil || !sess.Secure || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode {
+		t.Errorf("login over TLS: %d, session cookie %+v; want Secure, HttpOnly, SameSite=Strict", resp.StatusCode, sess)
 	}
 }
