@@ -84,6 +84,7 @@ var uiFuncs = template.FuncMap{
 		return n * 100 / total
 	},
 	"plus":       func(a, b int) int { return a + b },
+	"minus":      func(a, b int) int { return a - b },
 	"dur":        func(d release.Duration) string { return time.Duration(d).String() },
 	"phaseClass": phaseClass,
 	"healthClass": func(h string) string {
@@ -118,7 +119,6 @@ var uiFuncs = template.FuncMap{
 		return o
 	},
 	"join": strings.Join,
-	"q":    url.QueryEscape,
 	"path": url.PathEscape,
 }
 
@@ -308,8 +308,10 @@ type overviewData struct {
 	Devices []serverapi.Device
 	Counts  overviewCounts
 	Apps    []store.AppRelease // the fleet's releases for new devices
-	Shown   int
 	Total   int
+	// Devices are one page of overviewMax: the Page-th (from 1) of Pages,
+	// from the First-th device (from 1).
+	Page, Pages, First, Last int
 }
 
 type overviewCounts struct {
@@ -338,12 +340,21 @@ func (s *Server) uiOverview(w http.ResponseWriter, r *http.Request, u uiRequest)
 		return err
 	}
 	tag := r.URL.Query().Get("tag")
-	build := func(ctx context.Context) (any, error) { return s.overview(ctx, f, tag) }
+	page := 1
+	if v := r.URL.Query().Get("page"); v != "" {
+		if page, err = strconv.Atoi(v); err != nil || page < 1 {
+			return fmt.Errorf("page %q: want a number from 1: %w", v, release.ErrInvalid)
+		}
+	}
+	build := func(ctx context.Context) (any, error) { return s.overview(ctx, f, tag, page) }
 	return s.livePage(w, r, u, "overview", "Fleet "+f.Name, build, func(pg *uiPage) { pg.Fleet, pg.Nav = f.Name, "overview" })
 }
 
-func (s *Server) overview(ctx context.Context, f store.Fleet, tag string) (overviewData, error) {
-	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{Phases: map[release.Phase]int{}}}
+// overview counts all of a fleet's devices (those tagged tag, if given)
+// and lists the page-th overviewMax of them, by name.
+func (s *Server) overview(ctx context.Context, f store.Fleet, tag string, page int) (overviewData, error) {
+	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{Phases: map[release.Phase]int{}}, Page: page}
+	first := (page - 1) * overviewMax // the index of the first device listed
 	tags := map[string]bool{}
 	err := s.eachDevice(ctx, f.ID, "", func(dev store.Device) {
 		for _, t := range dev.Tags {
@@ -379,14 +390,15 @@ func (s *Server) overview(ctx context.Context, f store.Fleet, tag string) (overv
 		} else if v.Online && len(v.Apps) > 0 {
 			d.Counts.Unhealthy++
 		}
-		if len(d.Devices) < overviewMax {
+		if i := d.Total - 1; i >= first && i < first+overviewMax {
 			d.Devices = append(d.Devices, v)
 		}
 	})
 	if err != nil {
 		return d, err
 	}
-	d.Shown = len(d.Devices)
+	d.Pages = max(1, (d.Total+overviewMax-1)/overviewMax)
+	d.First, d.Last = first+1, first+len(d.Devices)
 	d.Tags = slices.Sorted(maps.Keys(tags))
 	d.Apps, err = s.st.FleetReleases(ctx, f.ID)
 	return d, err

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -595,5 +596,65 @@ func TestUISession(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusSeeOther || sess == nil || !sess.Secure || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode {
 		t.Errorf("login over TLS: %d, session cookie %+v; want Secure, HttpOnly, SameSite=Strict", resp.StatusCode, sess)
+	}
+}
+
+// TestUIOverviewPages: a fleet too big for one page is listed 500 devices
+// a page, with links to the pages before and after (keeping a tag filter);
+// the counts cover all.
+// The audit log's link to older entries keeps its filters.
+func TestUIOverviewPages(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	e.fleet("lab")
+	fs, err := e.st.ListFleets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1001 {
+		d, err := e.st.CreateDevice(ctx, fs[0].ID, fmt.Sprintf("robot-%04d", i), store.NewSecret("bd"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 { // 501 devices tagged
+			if err := e.st.SetDeviceTags(ctx, d.ID, []string{"dock-1"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	rows := func(body string) int { return strings.Count(body, "<tr data-device=") }
+	_, _, p1 := b.get("/ui/?fleet=lab")
+	if rows(p1) != 500 || !strings.Contains(p1, `<span class="n">1001</span> devices`) || !strings.Contains(p1, "Devices 1–500 of 1001") ||
+		!strings.Contains(p1, `href="/ui/?fleet=lab&amp;page=2"`) || strings.Contains(p1, `rel="prev"`) {
+		t.Errorf("page 1: %d rows\n%s", rows(p1), p1)
+	}
+	_, _, p3 := b.get("/ui/?fleet=lab&page=3")
+	if rows(p3) != 1 || !strings.Contains(p3, `data-device="robot-1000"`) || !strings.Contains(p3, "Devices 1001–1001 of 1001") ||
+		!strings.Contains(p3, `href="/ui/?fleet=lab&amp;page=2"`) || strings.Contains(p3, `rel="next"`) {
+		t.Errorf("page 3: %d rows\n%s", rows(p3), p3)
+	}
+	_, _, tagged := b.get("/ui/?fleet=lab&tag=dock-1&page=2")
+	if rows(tagged) != 1 || !strings.Contains(tagged, `data-device="robot-1000"`) || !strings.Contains(tagged, `<span class="n">501</span> devices tagged dock-1`) ||
+		!strings.Contains(tagged, `href="/ui/?fleet=lab&amp;tag=dock-1&amp;page=1"`) {
+		t.Errorf("page 2 of the devices tagged dock-1: %d rows\n%s", rows(tagged), tagged)
+	}
+	if st, _, _ := b.get("/ui/?fleet=lab&page=0"); st != http.StatusBadRequest {
+		t.Errorf("page 0: %d, want 400", st)
+	}
+
+	for i := range 101 {
+		if _, err := e.st.AppendAudit(ctx, store.AuditEntry{Actor: "user:ci", Action: "release.create", Object: fmt.Sprintf("release/%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, audit := b.get("/ui/audit?actor=user:ci")
+	m := regexp.MustCompile(`href="(/ui/audit\?before=[^"]+)">Older entries`).FindStringSubmatch(audit)
+	if m == nil {
+		t.Fatalf("no link to older entries:\n%s", audit)
+	}
+	_, _, older := b.get(strings.ReplaceAll(m[1], "&amp;", "&"))
+	if n := strings.Count(older, "<tr><td data-label=\"Time\""); n != 1 || !strings.Contains(older, `value="user:ci"`) {
+		t.Errorf("older entries of user:ci (%s): %d rows, want 1", m[1], n)
 	}
 }
