@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -657,4 +658,90 @@ func TestUIOverviewPages(t *testing.T) {
 	if n := strings.Count(older, "<tr><td data-label=\"Time\""); n != 1 || !strings.Contains(older, `value="user:ci"`) {
 		t.Errorf("older entries of user:ci (%s): %d rows, want 1", m[1], n)
 	}
+}
+
+// TestUIContrast: in the dashboard's CSS, light and dark, text and badges
+// are at least 4.5:1 against the backgrounds they sit on (WCAG AA for
+// normal text), and the focus ring at least 3:1 against the page.
+func TestUIContrast(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	st, _, css := newBrowser(t, e).get("/ui/static/berth.css")
+	if st != 200 {
+		t.Fatalf("berth.css: %d", st)
+	}
+	light, dark, ok := strings.Cut(css, "@media (prefers-color-scheme: dark)")
+	if !ok {
+		t.Fatal("berth.css has no dark scheme")
+	}
+	varRE := regexp.MustCompile(`--([a-z-]+):\s*(#[0-9a-fA-F]{3,6})\b`)
+	vars := func(s string, base map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for _, sm := range varRE.FindAllStringSubmatch(s[:strings.Index(s, "}")], -1) {
+			m[sm[1]] = sm[2]
+		}
+		return m
+	}
+	lightVars := vars(light[strings.Index(light, ":root"):], nil)
+	schemes := map[string]map[string]string{"light": lightVars, "dark": vars(dark, lightVars)}
+	text := [][2]string{ // foreground, background
+		{"fg", "bg"}, {"fg", "card"}, {"fg", "mute-bg"}, {"fg", "ok-bg"}, {"fg", "bad-bg"},
+		{"muted", "bg"}, {"muted", "card"}, {"muted", "mute-bg"},
+		{"accent", "bg"}, {"accent", "card"}, {"accent", "mute-bg"}, {"accent-fg", "accent"},
+		{"ok", "ok-bg"}, {"ok", "card"}, {"bad", "bad-bg"}, {"bad", "card"}, {"busy", "busy-bg"}, {"busy", "card"},
+	}
+	for name, v := range schemes {
+		for _, p := range text {
+			if r := contrast(t, v[p[0]], v[p[1]]); r < 4.5 {
+				t.Errorf("%s: --%s on --%s: %.2f:1, want 4.5:1", name, p[0], p[1], r)
+			}
+		}
+		for _, bg := range []string{"bg", "card"} {
+			if r := contrast(t, v["focus"], v[bg]); r < 3 {
+				t.Errorf("%s: the focus ring on --%s: %.2f:1, want 3:1", name, bg, r)
+			}
+		}
+	}
+	// The log pane is dark in both schemes.
+	logsBg := regexp.MustCompile(`\.logs \{[^}]*background: (#[0-9a-f]{6})`).FindStringSubmatch(css)
+	if logsBg == nil {
+		t.Fatal("no background for .logs")
+	}
+	for _, sm := range regexp.MustCompile(`\.logs [^{]*\{[^}]*[^-]color: (#[0-9a-f]{6})`).FindAllStringSubmatch(css, -1) {
+		if r := contrast(t, sm[1], logsBg[1]); r < 4.5 {
+			t.Errorf("logs: %s on %s: %.2f:1, want 4.5:1", sm[1], logsBg[1], r)
+		}
+	}
+}
+
+// contrast is the WCAG 2 contrast ratio of two #rgb or #rrggbb colours.
+func contrast(t *testing.T, a, b string) float64 {
+	t.Helper()
+	lum := func(c string) float64 {
+		c = strings.TrimPrefix(c, "#")
+		if len(c) == 3 {
+			c = string([]byte{c[0], c[0], c[1], c[1], c[2], c[2]})
+		}
+		var rgb [3]float64
+		for i := range rgb {
+			var n int
+			if _, err := fmt.Sscanf(c[2*i:2*i+2], "%02x", &n); err != nil {
+				t.Fatalf("colour %q: %v", c, err)
+			}
+			v := float64(n) / 255
+			if v <= 0.03928 {
+				rgb[i] = v / 12.92
+			} else {
+				rgb[i] = math.Pow((v+0.055)/1.055, 2.4)
+			}
+		}
+		return 0.2126*rgb[0] + 0.7152*rgb[1] + 0.0722*rgb[2]
+	}
+	if a == "" || b == "" {
+		t.Fatalf("a colour is not set: %q, %q", a, b)
+	}
+	la, lb := lum(a), lum(b)
+	return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
 }
