@@ -680,7 +680,6 @@ type releaseRow struct {
 	serverapi.Release
 	Services []releaseService
 	Running  int // devices that report it running
-	Target   int // devices whose target it is
 	Devices  []string
 	Size     uint64 // the images' layers, uncompressed; 0: unknown
 	// Need is what a device running From (the app's release before) must
@@ -722,7 +721,6 @@ func (s *Server) releasesData(ctx context.Context, f store.Fleet) (releasesData,
 		return d, err
 	}
 	running := map[string][]string{}
-	target := map[string]int{}
 	err = s.eachDevice(ctx, f.ID, "", func(dev store.Device) {
 		v := s.deviceView(dev, f.Name)
 		for _, a := range v.Apps {
@@ -739,7 +737,7 @@ func (s *Server) releasesData(ctx context.Context, f store.Fleet) (releasesData,
 		if err != nil {
 			return d, err
 		}
-		row := releaseRow{Release: v, Running: len(running[rel.ID]), Target: target[rel.ID], Devices: running[rel.ID]}
+		row := releaseRow{Release: v, Running: len(running[rel.ID]), Devices: running[rel.ID]}
 		if len(row.Devices) > 10 {
 			row.Devices = row.Devices[:10]
 		}

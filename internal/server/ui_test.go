@@ -745,3 +745,88 @@ func contrast(t *testing.T, a, b string) float64 {
 	la, lb := lum(a), lum(b)
 	return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
 }
+
+// TestUIReleases: the releases page gives each release's services and
+// images, the images' size, what a device on the release before must
+// fetch (a few KiB for one changed file), and the devices it runs on.
+func TestUIReleases(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	f := e.fleet("lab")
+	cache := openContentStore(t)
+	base := layerTar(t, 1, 200, 0, -1, false)
+	v1 := newImage(t, "robot:v1", base, layerTar(t, 2, 40, 1<<20, -1, false))
+	v2 := newImage(t, "robot:v2", base, layerTar(t, 2, 40, 1<<20, 7, false))
+	var rels []*serverapi.Release
+	for _, img := range []struct {
+		version string
+		img     testImage
+	}{{"v1", v1}, {"v2", v2}} {
+		if _, err := upload(t, cache, e.admin, img.img); err != nil {
+			t.Fatal(err)
+		}
+		rel, _, err := e.admin.CreateRelease(ctx, "lab", serverapi.CreateReleaseRequest{App: "robot", Version: img.version,
+			Spec: spec("robot:" + img.version), Images: map[string]string{"robot:" + img.version: img.img.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rels = append(rels, rel)
+	}
+	_, cl, _ := e.device(f.ProvisioningKey, "robot-a")
+	if _, err := cl.ReportState(ctx, release.CurrentState{Apps: map[string]release.AppState{"robot": {Version: "v1", Phase: release.PhaseIdle,
+		FleetRelease: rels[0].ID, Services: map[string]release.ServiceState{"web": {State: "running"}}}}, Reported: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	_, _, page := b.get("/ui/fleets/lab/releases")
+	card := func(id string) string {
+		_, after, _ := strings.Cut(page, `data-release="`+id+`"`)
+		before, _, _ := strings.Cut(after, "</article>")
+		return before
+	}
+	c1, c2 := card(rels[0].ID), card(rels[1].ID)
+	for name, c := range map[string]string{"v1": c1, "v2": c2} {
+		if !regexp.MustCompile(`Images 1\.[0-9] MiB`).MatchString(c) || !strings.Contains(c, "<code>robot:"+name+"</code>") || !strings.Contains(c, release.ShortID(map[string]string{"v1": v1.ID, "v2": v2.ID}[name])) {
+			t.Errorf("release %s: want its service's image, image ID and size:\n%s", name, c)
+		}
+	}
+	if !strings.Contains(c1, "Runs on <b>1</b> device: robot-a") || !strings.Contains(c2, "Runs on <b>0</b> devices") {
+		t.Errorf("where they run:\nv1: %s\nv2: %s", c1, c2)
+	}
+	m := regexp.MustCompile(`From v1: a device fetches at most <b>([0-9.]+) (B|KiB)</b>`).FindStringSubmatch(c2)
+	if m == nil || strings.Contains(c1, "fetches at most") {
+		t.Errorf("v2 from v1: want a few KiB to fetch (one file changed):\n%s", c2)
+	}
+}
+
+// TestUIRolloutFailure: a rollout that paused itself on a failing canary
+// says why on its page and in the list, with each stage's progress bar and
+// the failed device with its reason; an admin gets resume and abort.
+func TestUIRolloutFailure(t *testing.T) {
+	fe := newFleetEnv(t, sqlite)
+	l := fe.lab([]string{"r1", "r2", "r3"}, []string{"r1", "r2", "r3"})
+	l.sims["r1"].setMode(simFailing)
+	ro, err := fe.admin.StartRollout(ctx, "lab", serverapi.StartRolloutRequest{Release: l.v2.ID, Canary: "1", Batch: 2, MaxFailures: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe.waitRollout(ro.ID, serverapi.RolloutPaused)
+	b := newBrowser(t, fe.env)
+	b.login(fe.adminToken)
+	_, _, page := b.get("/ui/fleets/lab/rollouts/" + ro.ID)
+	for _, want := range []string{
+		`data-status="paused"`, "<b>Why paused:</b>", "r1: service nav: unhealthy",
+		`<li class="bad" data-failed="r1"><b>r1</b>: `, "unhealthy after 30s",
+		`<svg class="bar"`, `id="resume"`, `id="abort"`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the rollout's page: no %q", want)
+		}
+	}
+	if strings.Count(page, `<svg class="bar"`) != len(fe.rollout(ro.ID).Stages) || strings.Contains(page, `id="pause"`) {
+		t.Errorf("the rollout's page: want a bar per stage, no pause button:\n%s", page)
+	}
+	if _, _, list := b.get("/ui/fleets/lab/rollouts"); !strings.Contains(list, `<div class="reason">`) || !strings.Contains(list, "r1: service nav: unhealthy") {
+		t.Errorf("the rollouts page does not say why it paused:\n%s", list)
+	}
+}
