@@ -61,12 +61,13 @@ var uiFuncs = template.FuncMap{
 		if t.IsZero() {
 			return "never"
 		}
-		d := time.Since(t).Round(time.Second)
+		// No seconds: a live section is sent again whenever its text
+		// changes, and "5s ago" would change it every round for nothing
+		// (the exact time is the <time> element's datetime).
+		d := time.Since(t)
 		switch {
-		case d < 2*time.Second:
-			return "just now"
 		case d < time.Minute:
-			return fmt.Sprintf("%ds ago", int(d.Seconds()))
+			return "under a minute ago"
 		case d < time.Hour:
 			return fmt.Sprintf("%dm ago", int(d.Minutes()))
 		case d < 48*time.Hour:

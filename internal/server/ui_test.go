@@ -830,3 +830,40 @@ func TestUIRolloutFailure(t *testing.T) {
 		t.Errorf("the rollouts page does not say why it paused:\n%s", list)
 	}
 }
+
+// TestUILiveQuiet: a live page whose state does not change sends its
+// section once, not every round (relative times have no seconds, which
+// would change the section every 2 s: 340 KB a time for 500 devices).
+func TestUILiveQuiet(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	f := e.fleet("lab")
+	dev, cl, _ := e.device(f.ProvisioningKey, "robot-a")
+	if _, err := cl.ReportState(ctx, release.CurrentState{Apps: map[string]release.AppState{"app": {Version: "v1", Phase: release.PhaseIdle,
+		Updated: time.Now(), Services: map[string]release.ServiceState{"web": {State: "running", Health: "healthy"}}}}, Reported: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, e)
+	b.login(e.adminToken)
+	for _, path := range []string{"/ui/?fleet=lab", "/ui/devices/" + dev.ID} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.URL+path, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		resp, err := b.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		timer := time.AfterFunc(5*time.Second, func() { resp.Body.Close() }) // two rounds and more
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		n := 0
+		for sc.Scan() {
+			if sc.Text() == "event: live" {
+				n++
+			}
+		}
+		timer.Stop()
+		resp.Body.Close()
+		if n != 1 {
+			t.Errorf("%s: %d live events in 5 s of nothing changing, want 1", path, n)
+		}
+	}
+}
