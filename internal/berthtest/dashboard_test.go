@@ -70,9 +70,15 @@ func TestDashboard(t *testing.T) {
 	}
 
 	// A device that registered and went quiet: a rollout's stage waits on
-	// it, so the rollout is still running when the page pauses it.
+	// it, so the rollout is still running when the page pauses it. A
+	// keyboard user on the robot's link keeps the focus there while the
+	// new device's row is drawn in.
+	b.Eval(t, "("+row+`.querySelector("a").focus(), true)`)
 	register(t, srv, key, "robot-quiet")
 	b.Await(t, "the quiet device listed", `document.querySelector('tr[data-device="robot-quiet"]')`, 15*time.Second)
+	if got := b.Eval(t, `document.activeElement === `+row+`.querySelector("a")`); got != "true" {
+		t.Errorf("a live update moved the keyboard focus off the robot's link, to %s", b.Eval(t, "document.activeElement.outerHTML.slice(0, 120)"))
+	}
 	accessible(t, b, "overview")
 	shot("overview")
 
@@ -82,6 +88,7 @@ func TestDashboard(t *testing.T) {
 	b.Click(t, "start a rollout of v2", form+" button")
 	b.Await(t, "the rollout running", `document.querySelector('[data-status="running"]') && document.querySelector("#live[data-connected]")`, 15*time.Second)
 	b.Await(t, "a stage under way", `document.querySelector(".stages li.current svg.bar")`, 15*time.Second)
+	rollout := b.Eval(t, "location.pathname")
 	b.Do(t, "give a reason", chromedp.SendKeys(chromedp.CSS("#pause-reason"), "looking at the canary"))
 	b.Click(t, "pause it", "#pause")
 	b.Await(t, "the rollout paused, and why",
@@ -91,8 +98,11 @@ func TestDashboard(t *testing.T) {
 	shot("rollout")
 	// The canary (the robot, the one online) finishes its switch first.
 	robot.Await(t, "app", 90*time.Second, "on v2", func(a release.AppState) bool { return a.FleetRelease == rel2 && a.Phase == release.PhaseIdle })
+	// The reason ends in a word with no place to break, a digest: on a
+	// phone it must wrap all the same (checked below).
+	b.Do(t, "give a reason", chromedp.SendKeys(chromedp.CSS("#abort-reason"), "the canary's image sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"))
 	b.Click(t, "abort it", "#abort")
-	b.Await(t, "the rollout aborted", `document.querySelector('[data-status="aborted"]')`, 15*time.Second)
+	b.Await(t, "the rollout aborted, and why", `document.querySelector('[data-status="aborted"]') && document.body.innerText.includes("sha256:9f86d081884c")`, 15*time.Second)
 	if shots != "" {
 		b.Do(t, "the releases page", chromedp.Navigate(srv.URL+"/ui/fleets/lab/releases"))
 		b.Await(t, "the releases", `document.querySelector("#live[data-connected]")`, 15*time.Second)
@@ -128,18 +138,37 @@ func TestDashboard(t *testing.T) {
 	accessible(t, b, "device")
 	shot("device")
 
-	if shots != "" {
-		device := b.Eval(t, "location.pathname")
-		b.Do(t, "the audit log", chromedp.Navigate(srv.URL+"/ui/audit"))
-		b.Await(t, "the audit log", `document.querySelector("#live[data-connected]")`, 15*time.Second)
-		accessible(t, b, "audit")
-		shot("audit")
-		b.Viewport(t, 390, 844, true)
-		for _, p := range []struct{ name, path string }{{"overview-phone", "/ui/"}, {"device-phone", device}, {"rollout-phone", "/ui/fleets/lab/rollouts"}} {
-			b.Do(t, p.name, chromedp.Navigate(srv.URL+p.path))
-			b.Await(t, p.name, `document.querySelector("#live")`, 15*time.Second)
+	device := b.Eval(t, "location.pathname")
+	b.Do(t, "the audit log", chromedp.Navigate(srv.URL+"/ui/audit"))
+	b.Await(t, "the audit log", `document.querySelector("#live[data-connected]")`, 15*time.Second)
+	accessible(t, b, "audit")
+	shot("audit")
+
+	// On a phone no page is wider than the screen: tables become cards,
+	// long words wrap.
+	b.Viewport(t, 390, 844, true)
+	for _, p := range []struct{ name, path string }{
+		{"overview-phone", "/ui/"}, {"device-phone", device}, {"rollouts-phone", "/ui/fleets/lab/rollouts"},
+		{"rollout-phone", rollout}, {"releases-phone", "/ui/fleets/lab/releases"}, {"audit-phone", "/ui/audit"},
+	} {
+		b.Do(t, p.name, chromedp.Navigate(srv.URL+p.path))
+		b.Await(t, p.name, `document.querySelector("#live[data-connected]")`, 15*time.Second)
+		// clientWidth is the layout viewport's width (390); a phone zooms
+		// out to show a wider page, so innerWidth would grow with it.
+		if got := b.Eval(t, `document.documentElement.scrollWidth + " " + document.documentElement.clientWidth`); func() bool {
+			var sw, w int
+			_, err := fmt.Sscan(got, &sw, &w)
+			return err != nil || w != 390 || sw > w
+		}() {
+			t.Errorf("%s: the page is %s px wide (scroll width, viewport): wider than the phone", p.name, got)
+		}
+		switch p.name {
+		case "overview-phone", "device-phone":
 			time.Sleep(500 * time.Millisecond)
 			shot(p.name)
+		case "rollouts-phone":
+			time.Sleep(500 * time.Millisecond)
+			shot("rollout-phone") // the README's name
 		}
 	}
 }

@@ -121,11 +121,26 @@ func (ss *uiSessions) drop(id string) {
 	delete(ss.m, sessionKey(id))
 }
 
-// uiRequest is who asks, through which session.
+// uiRequest is who asks, through which session, for a route that needs
+// which role.
 type uiRequest struct {
 	p    principal
 	csrf string
 	sid  string
+	need access
+}
+
+// stillAllowed reads the request's session and user again, for a stream
+// that outlives its request's check: an error when the session ended or
+// the user's role no longer reaches the route's; else the request as it
+// stands now.
+func (s *Server) stillAllowed(r *http.Request, u uiRequest) (uiRequest, error) {
+	u2, err := s.uiSession(r)
+	if err == nil {
+		err = allowed(u2.p, u.need)
+	}
+	u2.need = u.need
+	return u2, err
 }
 
 func (u uiRequest) canDeploy() bool { return allowed(u.p, needDeployer) == nil }
@@ -209,6 +224,7 @@ func (s *Server) uiWrap(need access, h uiFunc) http.Handler {
 		}
 		if err == nil && need != needNone {
 			u, err = s.uiSession(r)
+			u.need = need
 			if err == nil {
 				err = allowed(u.p, need)
 			}
@@ -342,7 +358,7 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ uiRequest) er
 	id := s.ui.sessions.create(uiSession{userID: p.user.ID, tokenID: p.token.ID, csrf: randomHex(32), expires: s.now().Add(sessionTTL)}, s.now())
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/", HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil, MaxAge: int(sessionTTL.Seconds())})
-	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/ui/login", MaxAge: -1})
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/ui/login", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 	s.auditAs(r.Context(), p.actor(), "ui.login", "user/"+p.user.Name, map[string]any{"token": p.token.Prefix})
 	http.Redirect(w, r, next, http.StatusSeeOther)
 	return nil
@@ -350,7 +366,7 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ uiRequest) er
 
 func (s *Server) uiLogout(w http.ResponseWriter, r *http.Request, u uiRequest) error {
 	s.ui.sessions.drop(u.sid)
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 	return nil
 }

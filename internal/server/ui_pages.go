@@ -39,10 +39,11 @@ type uiPage struct {
 
 // page fills in what every page of a logged-in user shows.
 func (s *Server) page(r *http.Request, u uiRequest, title string, data any) uiPage {
-	pg := uiPage{Title: title, User: u.p.user, CSRF: u.csrf, CanDeploy: u.canDeploy(), IsAdmin: u.isAdmin(), Data: data,
-		Flash: r.URL.Query().Get("done")}
-	if len(pg.Flash) > 200 {
-		pg.Flash = ""
+	pg := uiPage{Title: title, User: u.p.user, CSRF: u.csrf, CanDeploy: u.canDeploy(), IsAdmin: u.isAdmin(), Data: data}
+	// ?done= is what the redirect after an action names; only those words
+	// are shown, so a link cannot put its own text on the page.
+	if done := r.URL.Query().Get("done"); slices.Contains(flashes, done) {
+		pg.Flash = done
 	}
 	pg.Fleets, _ = s.st.ListFleets(r.Context())
 	if len(pg.Fleets) > 0 {
@@ -51,18 +52,22 @@ func (s *Server) page(r *http.Request, u uiRequest, title string, data any) uiPa
 	return pg
 }
 
+// flashes are the words ?done= may name: what a rollout action did.
+var flashes = []string{"started", "paused", "resumed", "aborted"}
+
 var uiFuncs = template.FuncMap{
 	"short": release.ShortID,
 	"ago": func(t time.Time) string {
 		if t.IsZero() {
 			return "never"
 		}
-		d := time.Since(t).Round(time.Second)
+		// No seconds: a live section is sent again whenever its text
+		// changes, and "5s ago" would change it every round for nothing
+		// (the exact time is the <time> element's datetime).
+		d := time.Since(t)
 		switch {
-		case d < 2*time.Second:
-			return "just now"
 		case d < time.Minute:
-			return fmt.Sprintf("%ds ago", int(d.Seconds()))
+			return "under a minute ago"
 		case d < time.Hour:
 			return fmt.Sprintf("%dm ago", int(d.Minutes()))
 		case d < 48*time.Hour:
@@ -80,6 +85,7 @@ var uiFuncs = template.FuncMap{
 		return n * 100 / total
 	},
 	"plus":       func(a, b int) int { return a + b },
+	"minus":      func(a, b int) int { return a - b },
 	"dur":        func(d release.Duration) string { return time.Duration(d).String() },
 	"phaseClass": phaseClass,
 	"healthClass": func(h string) string {
@@ -114,7 +120,6 @@ var uiFuncs = template.FuncMap{
 		return o
 	},
 	"join": strings.Join,
-	"q":    url.QueryEscape,
 	"path": url.PathEscape,
 }
 
@@ -263,9 +268,11 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 			return nil
 		case <-time.After(max(uiLiveInterval, 10*took)):
 		}
-		if _, err := s.uiSession(r); err != nil {
-			return nil // logged out, or the token is gone: no more news
+		u, err = s.stillAllowed(r, u)
+		if err != nil {
+			return nil // logged out, the token is gone, or the role changed: no more news
 		}
+		pg.User, pg.CanDeploy, pg.IsAdmin = u.p.user, u.canDeploy(), u.isAdmin()
 		t0 := time.Now()
 		pg.Data, err = build(ctx)
 		took = time.Since(t0)
@@ -278,12 +285,15 @@ func (s *Server) livePage(w http.ResponseWriter, r *http.Request, u uiRequest, n
 	}
 }
 
-// writeEvent writes one server-sent event.
+// writeEvent writes one server-sent event. A stream's lines end at CR, LF
+// or CRLF, so data is split at each of them: a CR inside what a device
+// reported (a reason, a service's name) cannot start a field of its own.
 func writeEvent(w http.ResponseWriter, event, data string) error {
 	var b strings.Builder
 	b.WriteString("event: " + event + "\n")
+	data = strings.ReplaceAll(strings.ReplaceAll(data, "\r\n", "\n"), "\r", "\n")
 	for line := range strings.SplitSeq(data, "\n") {
-		b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+		b.WriteString("data: " + line + "\n")
 	}
 	b.WriteString("\n")
 	_, err := w.Write([]byte(b.String()))
@@ -299,8 +309,10 @@ type overviewData struct {
 	Devices []serverapi.Device
 	Counts  overviewCounts
 	Apps    []store.AppRelease // the fleet's releases for new devices
-	Shown   int
 	Total   int
+	// Devices are one page of overviewMax: the Page-th (from 1) of Pages,
+	// from the First-th device (from 1).
+	Page, Pages, First, Last int
 }
 
 type overviewCounts struct {
@@ -329,12 +341,21 @@ func (s *Server) uiOverview(w http.ResponseWriter, r *http.Request, u uiRequest)
 		return err
 	}
 	tag := r.URL.Query().Get("tag")
-	build := func(ctx context.Context) (any, error) { return s.overview(ctx, f, tag) }
+	page := 1
+	if v := r.URL.Query().Get("page"); v != "" {
+		if page, err = strconv.Atoi(v); err != nil || page < 1 {
+			return fmt.Errorf("page %q: want a number from 1: %w", v, release.ErrInvalid)
+		}
+	}
+	build := func(ctx context.Context) (any, error) { return s.overview(ctx, f, tag, page) }
 	return s.livePage(w, r, u, "overview", "Fleet "+f.Name, build, func(pg *uiPage) { pg.Fleet, pg.Nav = f.Name, "overview" })
 }
 
-func (s *Server) overview(ctx context.Context, f store.Fleet, tag string) (overviewData, error) {
-	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{Phases: map[release.Phase]int{}}}
+// overview counts all of a fleet's devices (those tagged tag, if given)
+// and lists the page-th overviewMax of them, by name.
+func (s *Server) overview(ctx context.Context, f store.Fleet, tag string, page int) (overviewData, error) {
+	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{Phases: map[release.Phase]int{}}, Page: page}
+	first := (page - 1) * overviewMax // the index of the first device listed
 	tags := map[string]bool{}
 	err := s.eachDevice(ctx, f.ID, "", func(dev store.Device) {
 		for _, t := range dev.Tags {
@@ -370,14 +391,15 @@ func (s *Server) overview(ctx context.Context, f store.Fleet, tag string) (overv
 		} else if v.Online && len(v.Apps) > 0 {
 			d.Counts.Unhealthy++
 		}
-		if len(d.Devices) < overviewMax {
+		if i := d.Total - 1; i >= first && i < first+overviewMax {
 			d.Devices = append(d.Devices, v)
 		}
 	})
 	if err != nil {
 		return d, err
 	}
-	d.Shown = len(d.Devices)
+	d.Pages = max(1, (d.Total+overviewMax-1)/overviewMax)
+	d.First, d.Last = first+1, first+len(d.Devices)
 	d.Tags = slices.Sorted(maps.Keys(tags))
 	d.Apps, err = s.st.FleetReleases(ctx, f.ID)
 	return d, err
@@ -636,8 +658,8 @@ func (s *Server) uiLogs(w http.ResponseWriter, r *http.Request, u uiRequest) err
 		case <-wake:
 		case <-time.After(uiLiveInterval): // lines stored by another replica
 		}
-		if _, err := s.uiSession(r); err != nil {
-			return nil // logged out, or the token is gone
+		if _, err := s.stillAllowed(r, u); err != nil {
+			return nil // logged out, the token is gone, or the role changed
 		}
 	}
 }
@@ -659,7 +681,6 @@ type releaseRow struct {
 	serverapi.Release
 	Services []releaseService
 	Running  int // devices that report it running
-	Target   int // devices whose target it is
 	Devices  []string
 	Size     uint64 // the images' layers, uncompressed; 0: unknown
 	// Need is what a device running From (the app's release before) must
@@ -701,7 +722,6 @@ func (s *Server) releasesData(ctx context.Context, f store.Fleet) (releasesData,
 		return d, err
 	}
 	running := map[string][]string{}
-	target := map[string]int{}
 	err = s.eachDevice(ctx, f.ID, "", func(dev store.Device) {
 		v := s.deviceView(dev, f.Name)
 		for _, a := range v.Apps {
@@ -718,7 +738,7 @@ func (s *Server) releasesData(ctx context.Context, f store.Fleet) (releasesData,
 		if err != nil {
 			return d, err
 		}
-		row := releaseRow{Release: v, Running: len(running[rel.ID]), Target: target[rel.ID], Devices: running[rel.ID]}
+		row := releaseRow{Release: v, Running: len(running[rel.ID]), Devices: running[rel.ID]}
 		if len(row.Devices) > 10 {
 			row.Devices = row.Devices[:10]
 		}

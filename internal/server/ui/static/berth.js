@@ -15,12 +15,31 @@
     });
     var es = new EventSource(location.pathname + location.search);
     var first = true;
+    // The control that has the focus, as a selector and its place among
+    // the section's matches, to give the focus back to its new copy: a
+    // keyboard user keeps their place however often the section is redrawn.
+    var focusKey = function () {
+      var a = document.activeElement;
+      if (!a || a === live || !live.contains(a)) { return null; }
+      var sel = a.tagName.toLowerCase();
+      if (a.id) {
+        sel = "#" + CSS.escape(a.id);
+      } else if (a.getAttribute("href")) {
+        sel += '[href="' + CSS.escape(a.getAttribute("href")) + '"]';
+      } else if (a.getAttribute("name")) {
+        sel += '[name="' + CSS.escape(a.getAttribute("name")) + '"]';
+      }
+      return { sel: sel, i: Array.prototype.indexOf.call(live.querySelectorAll(sel), a) };
+    };
     es.addEventListener("live", function (e) {
       if (first) { first = false; live.setAttribute("data-connected", ""); }
       if (dirty) { return; }
-      var a = document.activeElement, id = a && live.contains(a) ? a.id : "";
+      var key = focusKey();
       live.innerHTML = e.data;
-      if (id && document.getElementById(id)) { document.getElementById(id).focus(); }
+      if (key) {
+        var all = live.querySelectorAll(key.sel), el = all[key.i] || all[0];
+        if (el) { el.focus({ preventScroll: true }); }
+      }
       live.setAttribute("data-updated", new Date().toISOString());
       say("");
     });
