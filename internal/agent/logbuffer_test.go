@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/localapi"
+	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
 )
 
@@ -178,5 +181,42 @@ func TestStreamWriter(t *testing.T) {
 	}
 	if lines[1].Text != "world" || lines[1].Stream != "stderr" || lines[1].Time.Nanosecond() != 2 || lines[0].Text != "hello" {
 		t.Errorf("lines: %+v", lines)
+	}
+}
+
+// TestEventLines: the agent's events go into the log buffer as lines of
+// stream "agent" with their app and time, a failure's reason with them;
+// keep-alives do not.
+func TestEventLines(t *testing.T) {
+	buf, err := openLogBuffer(t.TempDir(), 1<<20, 1<<22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Close()
+	events := newEventLog()
+	events.add(localapi.Event{App: "app", Release: "sha256:1", Phase: release.PhaseRollingBack, Message: "switch failed; rolling back to 1234", Error: "service web: healthcheck reports unhealthy"})
+	events.add(localapi.Event{App: "app", Message: "update lock taken by arm until 2026-12-01T04:00:00Z"})
+	events.add(localapi.Event{}) // a keep-alive
+	events.add(localapi.Event{Message: "loaded 1 images (2 layers, 3 MiB) in 0.4s"})
+	ctx := context.Background()
+	events.follow(ctx, 0, "", false, eventLines(ctx, buf))
+	lines, _, err := buf.peek(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"app: switch failed; rolling back to 1234: service web: healthcheck reports unhealthy",
+		"app: update lock taken by arm until 2026-12-01T04:00:00Z",
+		": loaded 1 images (2 layers, 3 MiB) in 0.4s",
+	}
+	var got []string
+	for _, l := range lines {
+		if l.Stream != serverapi.LogStreamAgent || l.Time.IsZero() {
+			t.Errorf("line %+v: want stream agent and a time", l)
+		}
+		got = append(got, l.App+": "+l.Text)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("event lines:\n%q\nwant\n%q", got, want)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
 )
@@ -38,10 +40,32 @@ func (a *Agent) runLogs(ctx context.Context, cl logShipper) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { a.followLogs(ctx, buf) })
+	wg.Go(func() { a.events.follow(ctx, 0, "", true, eventLines(ctx, buf)) })
 	shipLogs(ctx, a.log.Warn, buf, cl, logShipEvery)
 	wg.Wait()
 	buf.save()
 	buf.Close()
+}
+
+// eventLines puts the agent's own events — switches and their steps,
+// rollbacks with their reasons, update locks, refused releases — into the
+// log buffer as lines of stream "agent", so the server keeps them with the
+// device's logs (its dashboard shows them as the device's recent events)
+// and they wait on disk while the server is away, as log lines do.
+func eventLines(ctx context.Context, buf *logBuffer) func(localapi.Event) bool {
+	return func(e localapi.Event) bool {
+		text := e.Message
+		if e.Error != "" && !strings.Contains(text, e.Error) {
+			if text != "" {
+				text += ": "
+			}
+			text += e.Error
+		}
+		if text != "" { // else a keep-alive
+			_ = buf.append(serverapi.LogLine{App: e.App, Stream: serverapi.LogStreamAgent, Time: e.Time.UTC(), Text: text})
+		}
+		return ctx.Err() == nil
+	}
 }
 
 // shipLogs sends the buffer's lines until ctx ends, retrying with backoff.

@@ -127,6 +127,11 @@ func TestDashboard(t *testing.T) {
 	b.Await(t, "the rollback and its reason",
 		`document.querySelector('[data-app="app"]').textContent.includes("rolled back") && document.querySelector('[data-app="app"] .reason').textContent.includes("unhealthy")`,
 		2*time.Minute)
+	// The agent's own account of it, shipped with the device's logs,
+	// stays among the device's events after the state moves on.
+	b.Await(t, "the agent's rollback event",
+		`[...document.querySelectorAll(".events li")].some(li => li.querySelector(".kind").textContent == "agent" && li.textContent.includes("rolling back"))`,
+		30*time.Second)
 	// The releases kept to roll back to, as the robot reports them.
 	b.Await(t, "the kept releases", `[...document.querySelectorAll('[data-app="app"] dt')].some(d => d.textContent == "Kept")`, 30*time.Second)
 	// The old release starts again after the rollback: its first line

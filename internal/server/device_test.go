@@ -224,9 +224,14 @@ func TestEnvLayers(t *testing.T) {
 		if r, _ := e.admin.Release(ctx, "lab", rel.ID); r.Spec.Services["web"].Environment["A"] != "" {
 			t.Errorf("the stored release changed: %+v", r.Spec.Services["web"].Environment)
 		}
-		l, err := e.client(e.user("vera", serverapi.RoleViewer)).Env(ctx, serverapi.EnvScope{Device: d.ID, Service: "web"})
+		l, err := e.client(e.user("dora", serverapi.RoleDeployer)).Env(ctx, serverapi.EnvScope{Device: d.ID, Service: "web"})
 		if err != nil || l.Vars["D"] != "device-service" {
 			t.Errorf("GET the device-service layer: %+v, %v", l, err)
+		}
+		// Values may be secrets: a viewer reads none (nor on the dashboard).
+		code, _, body := e.do("GET", "/v1/devices/"+d.ID+"/env/web", e.user("vera", serverapi.RoleViewer), nil)
+		if code != http.StatusForbidden || strings.Contains(string(body), "device-service") {
+			t.Errorf("a viewer reading the device-service layer: %d %s, want 403 without values", code, body)
 		}
 		// The audit names the variables, never their values.
 		es, _ := e.admin.Audit(ctx, serverapi.AuditQuery{Action: "env.set"})

@@ -80,11 +80,12 @@ func (s *Server) shipLogs(w http.ResponseWriter, r *http.Request, p principal) e
 			Text: fmt.Sprintf("berth: the device dropped %d log lines, its buffer full while the server was unreachable", b.Dropped)})
 	}
 	for i, l := range b.Lines {
-		if !release.ValidName(l.App) || (l.Service != "" && !release.ValidName(l.Service)) {
+		agent := l.Stream == serverapi.LogStreamAgent // the agent's own events: the app may be none
+		if (!release.ValidName(l.App) && !(agent && l.App == "")) || (l.Service != "" && !release.ValidName(l.Service)) {
 			return fmt.Errorf("line %d: app %q, service %q: use lower-case letters, digits, '-' and '_'; nothing was stored: %w", i, l.App, l.Service, release.ErrInvalid)
 		}
-		if l.Stream != "stdout" && l.Stream != "stderr" {
-			return fmt.Errorf("line %d: stream %q: want stdout or stderr; nothing was stored: %w", i, l.Stream, release.ErrInvalid)
+		if l.Stream != "stdout" && l.Stream != "stderr" && !agent {
+			return fmt.Errorf("line %d: stream %q: want stdout, stderr or %s; nothing was stored: %w", i, l.Stream, serverapi.LogStreamAgent, release.ErrInvalid)
 		}
 		if len(l.Container) > 128 {
 			return fmt.Errorf("line %d: container ID over 128 bytes; nothing was stored: %w", i, release.ErrInvalid)

@@ -75,6 +75,8 @@ func TestDeviceLogs(t *testing.T) {
 		for name, body := range map[string]string{
 			"stream":    `{"lines":[{"app":"app","service":"web","stream":"stdin","text":"x"}]}`,
 			"app":       `{"lines":[{"app":"App!","service":"web","stream":"stdout","text":"x"}]}`,
+			"no app":    `{"lines":[{"app":"","service":"web","stream":"stdout","text":"x"}]}`,
+			"forged":    `{"lines":[{"app":"app","stream":"berth","text":"berth: the server says"}]}`,
 			"malformed": `{"lines":[`,
 		} {
 			if code, _, _ := e.do("POST", "/v1/device/logs", tok1, strings.NewReader(body)); code != http.StatusBadRequest {
@@ -87,6 +89,18 @@ func TestDeviceLogs(t *testing.T) {
 		}
 		if n := len(readLogs(t, viewer, d1.ID, serverapi.LogQuery{})); n != 2 {
 			t.Errorf("%d lines after refused batches, want 2", n)
+		}
+
+		// The agent's own events: stream "agent", with or without an app.
+		events := []serverapi.LogLine{
+			{App: "app", Stream: serverapi.LogStreamAgent, Time: time.Now().UTC(), Text: "switch failed; rolling back to 1234: unhealthy"},
+			{Stream: serverapi.LogStreamAgent, Time: time.Now().UTC(), Text: "loaded 1 images"},
+		}
+		if err := cl1.ShipLogs(ctx, serverapi.LogBatch{Lines: events}); err != nil {
+			t.Fatal(err)
+		}
+		if got := readLogs(t, viewer, d1.ID, serverapi.LogQuery{}); len(got) != 4 || got[2] != events[0].Text || got[3] != events[1].Text {
+			t.Errorf("after the agent's events: %q", got)
 		}
 
 		// A long line is cut; only the newest 5 lines are kept.

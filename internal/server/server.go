@@ -236,18 +236,18 @@ func (s *Server) table() []route {
 		{"GET /v1/fleets/{fleet}/keys", needViewer, s.listSigningKeys},
 		{"POST /v1/fleets/{fleet}/keys", needAdmin, s.addSigningKey},
 		{"DELETE /v1/fleets/{fleet}/keys/{key}", needAdmin, s.removeSigningKey},
-		{"GET /v1/fleets/{fleet}/env", needViewer, s.getEnv},
+		{"GET /v1/fleets/{fleet}/env", needDeployer, s.getEnv}, // values may be secrets
 		{"PUT /v1/fleets/{fleet}/env", needDeployer, s.setEnv},
-		{"GET /v1/fleets/{fleet}/env/{service}", needViewer, s.getEnv},
+		{"GET /v1/fleets/{fleet}/env/{service}", needDeployer, s.getEnv}, // values may be secrets
 		{"PUT /v1/fleets/{fleet}/env/{service}", needDeployer, s.setEnv},
 
 		{"GET /v1/fleets/{fleet}/devices", needViewer, s.listDevices},
 		{"GET /v1/devices/{device}", needViewer, s.getDevice},
 		{"PATCH /v1/devices/{device}", needDeployer, s.updateDevice},
 		{"DELETE /v1/devices/{device}", needAdmin, s.deleteDevice},
-		{"GET /v1/devices/{device}/env", needViewer, s.getEnv},
+		{"GET /v1/devices/{device}/env", needDeployer, s.getEnv}, // values may be secrets
 		{"PUT /v1/devices/{device}/env", needDeployer, s.setEnv},
-		{"GET /v1/devices/{device}/env/{service}", needViewer, s.getEnv},
+		{"GET /v1/devices/{device}/env/{service}", needDeployer, s.getEnv}, // values may be secrets
 		{"PUT /v1/devices/{device}/env/{service}", needDeployer, s.setEnv},
 		{"POST /v1/devices/{device}/pin", needDeployer, s.pin},
 		{"DELETE /v1/devices/{device}/pin/{app}", needDeployer, s.unpin},

@@ -492,15 +492,28 @@ func (s *Server) deviceData(ctx context.Context, id string) (deviceData, error) 
 			d.Env = append(d.Env, envVar{Name: k, Layer: layer, Service: l.Service})
 		}
 	}
-	// The agent's own notes (stream "berth") are events too.
-	notes, err := s.st.Logs(ctx, store.LogFilter{DeviceID: dev.ID, Limit: 1000})
+	// The agent's own events (stream "agent": switches, rollbacks with
+	// their reasons, update locks) and the server's notes on its logs
+	// (stream "berth") are events too, however busy its containers' logs.
+	for _, stream := range []string{serverapi.LogStreamAgent, "berth"} {
+		ls, err := s.st.Logs(ctx, store.LogFilter{DeviceID: dev.ID, Stream: stream, Limit: 20})
+		if err != nil {
+			return d, err
+		}
+		for _, l := range ls {
+			text, kind := l.Text, "server"
+			if stream == serverapi.LogStreamAgent {
+				kind = "agent"
+				if l.App != "" {
+					text = l.App + ": " + text
+				}
+			}
+			d.Events = append(d.Events, deviceEvent{Time: l.Time, Kind: kind, Text: text, Class: "muted"})
+		}
+	}
+	notes, err := s.st.Logs(ctx, store.LogFilter{DeviceID: dev.ID, Limit: 200})
 	if err != nil {
 		return d, err
-	}
-	for _, l := range notes {
-		if l.Stream == "berth" {
-			d.Events = append(d.Events, deviceEvent{Time: l.Time, Kind: "agent", Text: l.Text, Class: "muted"})
-		}
 	}
 	// What was done to it (pins, settings), and what rollouts did with it.
 	es, err := s.st.ListAudit(ctx, store.AuditFilter{Object: "device/" + dev.ID, Limit: 20})
@@ -541,9 +554,6 @@ func (s *Server) deviceData(ctx context.Context, id string) (deviceData, error) 
 	slices.SortStableFunc(d.Events, func(a, b deviceEvent) int { return b.Time.Compare(a.Time) })
 	if len(d.Events) > 20 {
 		d.Events = d.Events[:20]
-	}
-	if len(notes) > 200 {
-		notes = notes[len(notes)-200:]
 	}
 	d.Logs = notes
 	if len(notes) > 0 {

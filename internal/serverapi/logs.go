@@ -18,17 +18,23 @@ const (
 	MaxLogLine  = 16 << 10
 )
 
-// LogLine is one line of a container's log on a device. ID is the
-// server's, in the order lines were stored (0 in a batch a device sends).
+// LogLine is one line of a container's log on a device, or one of the
+// agent's own events (stream LogStreamAgent: switches, rollbacks and their
+// reasons, update locks, refused releases; App is the app's, or empty for
+// the device's). ID is the server's, in the order lines were stored (0 in
+// a batch a device sends).
 type LogLine struct {
 	ID        int64     `json:"id,omitempty"`
 	App       string    `json:"app"`
 	Service   string    `json:"service"`
 	Container string    `json:"container"`
 	Time      time.Time `json:"time"`
-	Stream    string    `json:"stream"` // stdout, stderr; berth for the agent's own notes
+	Stream    string    `json:"stream"` // stdout, stderr, agent (LogStreamAgent); berth for the server's notes
 	Text      string    `json:"text"`
 }
+
+// LogStreamAgent is the stream of the agent's own events in a device's log.
+const LogStreamAgent = "agent"
 
 // LogBatch is the body of POST /v1/device/logs: lines oldest first, and how
 // many lines the device dropped, its buffer full, since the last batch.

@@ -52,6 +52,9 @@ func (db *DB) Logs(ctx context.Context, f LogFilter) ([]LogLine, error) {
 	if f.Service != "" {
 		add("service = $%d", f.Service)
 	}
+	if f.Stream != "" {
+		add("stream = $%d", f.Stream)
+	}
 	if !f.Since.IsZero() {
 		add("logged >= $%d", micros(f.Since))
 	}
@@ -103,6 +106,7 @@ type LogFilter struct {
 	DeviceID string
 	App      string
 	Service  string
+	Stream   string    // only this stream's lines
 	Since    time.Time // lines logged at or after
 	After    int64     // if not 0, lines stored after this ID, oldest first (-1: from the first)
 	Limit    int       // at most; default 1000

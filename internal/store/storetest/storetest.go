@@ -1166,6 +1166,10 @@ func testLogs(t *testing.T, s store.Store, clock *Clock) {
 	}
 	diff(t, "app a", []string{"1", "2"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, App: "a"})).must(t)))
 	diff(t, "service web", []string{"1", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Service: "web"})).must(t)))
+	diff(t, "stream stdout", []string{"1", "2", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Stream: "stdout"})).must(t)))
+	if got := try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Stream: "agent"})).must(t); len(got) != 0 {
+		t.Errorf("stream agent: %+v, want none", got)
+	}
 	diff(t, "since", []string{"2", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Since: all[1].Time})).must(t)))
 	diff(t, "newest 2", []string{"2", "3"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, Limit: 2})).must(t)))
 	diff(t, "after 1", []string{"2"}, texts(try(s.Logs(ctx, store.LogFilter{DeviceID: r1.ID, After: all[0].ID, Limit: 1})).must(t)))
