@@ -124,10 +124,22 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, args...)...)
 }
 
+// raiseFileLimit lets this process and the server it starts hold what
+// 10,000 devices need: a long poll each, a second connection while one
+// reports, and the server's side of both — up to 20,000 each. The hard
+// limit is raised too where that is allowed (it is not on these machines:
+// 20,000 stays, and a run in which many reports are open beside the polls
+// can see "too many open files", counted as network errors of the polls).
 func raiseFileLimit() error {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return err
+	}
+	want := uint64(1 << 18)
+	if l.Max < want {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
+			return nil
+		}
 	}
 	l.Cur = l.Max
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)

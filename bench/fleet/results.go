@@ -118,7 +118,11 @@ func (r *Results) Markdown() string {
 		return fmt.Sprintf("%d / %d; %.0f bytes", x.ReportsWhole, x.ReportsPatched, x.ReportBytes)
 	})
 	row("Long polls answered (304 at the end of the wait)", func(x Run) string {
-		return fmt.Sprintf("%.1f/s (%d errors)", x.PollRate, x.PollErrors)
+		s := fmt.Sprintf("%.1f/s (%d errors in the whole run", x.PollRate, x.PollErrors)
+		for _, k := range slices.Sorted(maps.Keys(x.PollErrorKinds)) {
+			s += fmt.Sprintf(", %s: %d", k, x.PollErrorKinds[k])
+		}
+		return s + ")"
 	})
 	row("Server CPU in steady state", func(x Run) string {
 		return fmt.Sprintf("%.1f s = %.1f%% of one CPU", x.SteadyServer.CPU, 100*x.SteadyServer.CPU/x.SteadySecs)

@@ -28,15 +28,16 @@ type Run struct {
 	ReportRate float64 `json:"reports_per_s"` // periodic reports per second
 	// Periodic reports sent whole and as merge patches, and their mean
 	// body size.
-	ReportsWhole   int64     `json:"reports_whole"`
-	ReportsPatched int64     `json:"reports_patched"`
-	ReportBytes    float64   `json:"report_mean_bytes"`
-	Polls          int64     `json:"long_polls"` // long polls answered (304 at the end of the wait)
-	PollRate       float64   `json:"long_polls_per_s"`
-	PollErrors     int64     `json:"poll_errors"`
-	SteadyServer   ProcDelta `json:"steady_server"`
-	SteadyDB       ProcDelta `json:"steady_db,omitempty"`
-	SteadyClient   float64   `json:"steady_client_cpu_seconds"`
+	ReportsWhole   int64          `json:"reports_whole"`
+	ReportsPatched int64          `json:"reports_patched"`
+	ReportBytes    float64        `json:"report_mean_bytes"`
+	Polls          int64          `json:"long_polls"` // long polls answered (304 at the end of the wait)
+	PollRate       float64        `json:"long_polls_per_s"`
+	PollErrors     int64          `json:"poll_errors"` // over the whole run
+	PollErrorKinds map[string]int `json:"poll_error_kinds,omitempty"`
+	SteadyServer   ProcDelta      `json:"steady_server"`
+	SteadyDB       ProcDelta      `json:"steady_db,omitempty"`
+	SteadyClient   float64        `json:"steady_client_cpu_seconds"`
 
 	// Wake: assigning the second release to all devices (one request) and
 	// every long poll answering with it.
@@ -190,7 +191,8 @@ func runOne(ctx context.Context, o options, bin, tmp, db string) (r Run, err err
 	if n := r.ReportsWhole + r.ReportsPatched; n > 0 {
 		r.ReportBytes = float64(f.sentBytes.Load()) / float64(n)
 	}
-	r.Polls, r.PollErrors = f.polls.Load(), f.pollErr.Load()
+	pe := f.pollErr.lat()
+	r.Polls, r.PollErrors, r.PollErrorKinds = f.polls.Load(), int64(pe.Errors), pe.Kinds
 	r.PollRate = float64(r.Polls) / r.SteadySecs
 
 	// The second release: how soon every long poll brings it.

@@ -123,7 +123,7 @@ type fleetSim struct {
 	applies recorder // reports of a newly taken release
 	fetches recorder // full target GETs, sampled
 	polls   atomic.Int64
-	pollErr atomic.Int64
+	pollErr recorder     // failed long polls, by kind (durations unused)
 	applied atomic.Int64 // devices that reported the wanted release
 	want    atomic.Pointer[string]
 
@@ -215,7 +215,7 @@ func (d *device) poll(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			f.pollErr.Add(1)
+			f.pollErr.fail(err)
 			sleep(ctx, time.Second+rand.N(time.Second))
 			continue
 		}

@@ -143,14 +143,18 @@ func mergeEnv(spec *release.Spec, layers []store.EnvLayer) {
 }
 
 // touch records that a device was seen, at most every third of a poll
-// interval: a long poll is a read, not a write, most of the time.
+// interval: a long poll is a read, not a write, most of the time. The
+// write goes on in the background (grouped with others'): a request never
+// waits for it (a fetch waited for the write's tail on PostgreSQL).
 func (s *Server) touch(ctx context.Context, id string) {
 	if !s.seen.allow(id, s.now(), s.opts.PollInterval/3) {
 		return
 	}
-	if err := s.touches.do(ctx, id); err != nil {
-		s.log.Warn("record that a device was seen", "device", id, "error", err)
-	}
+	go func() {
+		if err := s.touches.do(context.WithoutCancel(ctx), id); err != nil {
+			s.log.Warn("record that a device was seen", "device", id, "error", err)
+		}
+	}()
 }
 
 // parseETag reads If-None-Match: "<version>" (weak or not).

@@ -304,10 +304,16 @@ func TestStateReport(t *testing.T) {
 		if ds[0].Online {
 			t.Error("online after 3 poll intervals unseen")
 		}
-		// A poll makes it online again.
+		// A poll makes it online again (the "seen" write goes on in the
+		// background, within moments).
 		e.do("GET", "/v1/device/target", tok, nil)
-		if ds, _ := e.admin.Devices(ctx, "lab", ""); !ds[0].Online {
-			t.Error("not online after a poll")
+		for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+			if ds, _ := e.admin.Devices(ctx, "lab", ""); ds[0].Online {
+				break
+			}
+			if time.Since(start) > 2*time.Second {
+				t.Fatal("not online 2s after a poll")
+			}
 		}
 	})
 }

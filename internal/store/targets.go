@@ -74,6 +74,14 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 		device string
 		rel    Release
 	}
+	// One device (a fetch, a poll on its own): plain equality, which
+	// every planner takes to the index; many: one JSON list each.
+	devWhere, devArg := db.dialect.inList("a.device_id", 1), any(jsonList(ids))
+	envWhere, envArgs := `(device_id = '' AND `+db.dialect.inList("fleet_id", 1)+`) OR `+db.dialect.inList("device_id", 2), []any{jsonList(fleets), jsonList(ids)}
+	if len(devices) == 1 {
+		devWhere, devArg = "a.device_id = $1", ids[0]
+		envWhere, envArgs = "fleet_id = $1 AND device_id IN ('', $2)", []any{fleets[0], ids[0]}
+	}
 	refs, err := queryAll(ctx, db.r, func(s scanner) (ref, error) {
 		var r ref
 		var created int64
@@ -84,7 +92,7 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 		return r, nil
 	}, `SELECT a.device_id, r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id FROM device_apps a
 		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
-		WHERE `+db.dialect.inList("a.device_id", 1)+` ORDER BY a.device_id, a.app`, jsonList(ids))
+		WHERE `+devWhere+` ORDER BY a.device_id, a.app`, devArg)
 	if err != nil {
 		return nil, fmt.Errorf("releases of %d devices: %w", len(ids), err)
 	}
@@ -98,8 +106,7 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 		l.Updated = fromMicros(updated)
 		return l, json.Unmarshal([]byte(vars), &l.Vars)
 	}, `SELECT fleet_id, device_id, service, vars, updated FROM env_layers
-		WHERE (device_id = '' AND `+db.dialect.inList("fleet_id", 1)+`) OR `+db.dialect.inList("device_id", 2)+`
-		ORDER BY fleet_id, device_id, service`, jsonList(fleets), jsonList(ids))
+		WHERE `+envWhere+` ORDER BY fleet_id, device_id, service`, envArgs...)
 	if err != nil {
 		return nil, fmt.Errorf("environment of %d devices: %w", len(ids), err)
 	}

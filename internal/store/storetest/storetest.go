@@ -774,6 +774,7 @@ func testEnv(t *testing.T, s store.Store, _ *Clock) {
 	is(t, s.SetEnv(ctx, store.EnvLayer{FleetID: field.ID, Vars: map[string]string{"SITE": "field"}}), nil, "set env of field")
 	parts := try(s.TargetParts(ctx, []store.Device{r1, r2, other})).must(t)
 	diff(t, "TargetParts env of r1", layers, parts[r1.ID].Env)
+	diff(t, "TargetParts env of r1 alone", layers, try(s.TargetParts(ctx, []store.Device{r1})).must(t)[r1.ID].Env)
 	diff(t, "TargetParts env of r2", try(s.EnvLayers(ctx, lab.ID, r2.ID)).must(t), parts[r2.ID].Env)
 	diff(t, "TargetParts env of o1", try(s.EnvLayers(ctx, field.ID, other.ID)).must(t), parts[other.ID].Env)
 	if len(parts[other.ID].Env) != 1 || len(parts[r2.ID].Env) != 2 {
