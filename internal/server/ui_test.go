@@ -299,8 +299,9 @@ func TestUIAuth(t *testing.T) {
 	}
 }
 
-// liveEvent reads the page's event stream until a "live" event holds want.
-func liveEvent(t *testing.T, b *browser, path, want string) {
+// openLive opens a page's event stream; it is closed after 10 s whatever
+// the reader is waiting for.
+func openLive(t *testing.T, b *browser, path string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.e.URL+path, nil)
 	req.Header.Set("Accept", "text/event-stream")
@@ -308,12 +309,19 @@ func liveEvent(t *testing.T, b *browser, path, want string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("live: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		resp.Body.Close()
+		t.Fatalf("live %s: %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	done := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
-	defer done.Stop()
+	time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	return resp
+}
+
+// liveEvent reads the page's event stream until a "live" event holds want.
+func liveEvent(t *testing.T, b *browser, path, want string) {
+	t.Helper()
+	resp := openLive(t, b, path)
+	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
 	event := ""
@@ -390,18 +398,8 @@ func TestUILogs(t *testing.T) {
 // event and returns the stream's bytes so far, as sent.
 func liveRaw(t *testing.T, b *browser, path string) string {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.e.URL+path, nil)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := b.c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openLive(t, b, path)
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("live %s: %d", path, resp.StatusCode)
-	}
-	done := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
-	defer done.Stop()
 	r := bufio.NewReader(resp.Body)
 	var raw strings.Builder
 	inLive := false
