@@ -241,12 +241,16 @@ func isRetryable(err error) bool {
 // lockDevices takes, on PostgreSQL, the row locks of the devices matched
 // by where (a condition on devices, its arguments from $1 on) in ID order.
 // Transactions that write several devices' rows call it first: each then
-// waits for the others in one order, and none waits in a circle.
+// waits for the others in one order, and none waits in a circle. The lock
+// is FOR NO KEY UPDATE, what an UPDATE of non-key columns takes: a foreign
+// key check (a rollout's device rows, inserted in stage order) takes KEY
+// SHARE, which it does not block, so those need no order (with FOR UPDATE
+// a rollout being created and a batch of "seen" marks deadlocked in CI).
 func (db *DB) lockDevices(ctx context.Context, tx *sql.Tx, where string, args ...any) error {
 	if db.dialect != dialectPostgres {
 		return nil
 	}
-	rows, err := tx.QueryContext(ctx, "SELECT id FROM devices WHERE "+where+" ORDER BY id FOR UPDATE", args...)
+	rows, err := tx.QueryContext(ctx, "SELECT id FROM devices WHERE "+where+" ORDER BY id FOR NO KEY UPDATE", args...)
 	if err != nil {
 		return fmt.Errorf("lock devices: %w", err)
 	}

@@ -51,7 +51,7 @@ func (db *DB) CreateRollout(ctx context.Context, r Rollout, devices []RolloutDev
 	r.Stage = 0
 	r.Created = db.now()
 	r.Updated = r.Created
-	err := db.inTx(ctx, func(tx *sql.Tx) error {
+	err := db.inTxRetry(ctx, func(tx *sql.Tx) error {
 		app, err := releaseApp(ctx, tx, r.FleetID, r.ReleaseID)
 		if err != nil {
 			return err
