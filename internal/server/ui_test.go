@@ -146,12 +146,7 @@ func TestUIAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	var sess *http.Cookie
-	for _, c := range resp.Cookies() {
-		if c.Name == "berth_session" {
-			sess = c
-		}
-	}
+	sess := sessionCookie(resp)
 	if sess == nil || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode || len(sess.Value) < 32 || strings.Contains(sess.Value, deployerTok) {
 		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, a random ID", sess)
 	}
@@ -587,12 +582,7 @@ func TestUISession(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	var sess *http.Cookie
-	for _, ck := range resp.Cookies() {
-		if ck.Name == "berth_session" {
-			sess = ck
-		}
-	}
+	sess := sessionCookie(resp)
 	if resp.StatusCode != http.StatusSeeOther || sess == nil || !sess.Secure || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode {
 		t.Errorf("login over TLS: %d, session cookie %+v; want Secure, HttpOnly, SameSite=Strict", resp.StatusCode, sess)
 	}
@@ -864,4 +854,14 @@ func TestUILiveQuiet(t *testing.T) {
 			t.Errorf("%s: %d live events in 5 s of nothing changing, want 1", path, n)
 		}
 	}
+}
+
+// sessionCookie is the dashboard's session cookie a response sets, or nil.
+func sessionCookie(resp *http.Response) *http.Cookie {
+	for _, c := range resp.Cookies() {
+		if c.Name == "berth_session" {
+			return c
+		}
+	}
+	return nil
 }
