@@ -483,8 +483,8 @@ func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
 	return out
 }
 
-// maxSendDelta: larger files go as pieces (the suffix array costs 8 bytes a
-// byte of the old file).
+// maxSendDelta: larger files go as pieces (a delta holds the old and the
+// new file in memory, and its index about the old file's size again).
 const maxSendDelta = 64 << 20
 
 // framer makes frames from the pieces in a store: the sending side of the
