@@ -455,3 +455,51 @@ func noSpace(dir string, err error) error {
 	}
 	return err
 }
+
+// commitEvery is how many bytes of pieces SplitInto writes between flushes:
+// a sender may send only committed pieces (a receiver asks for them after
+// a crash), so this is what it can lag behind the read.
+const commitEvery = 8 << 20
+
+// SplitInto reads a layer into the store: its pieces, flushed to disk every
+// few MiB, then its index. Each time pieces are flushed, files (if not nil)
+// gets the files whose pieces are now all in the store, in layer order, so
+// that they can be sent on while the rest of the layer is read.
+func (s *Store) SplitInto(r io.Reader, files func([]File) error) (*Index, error) {
+	b := s.Batch()
+	defer b.Abort()
+	var done []File
+	var size int64
+	commit := func() error {
+		if err := b.Commit(); err != nil {
+			return err
+		}
+		b = s.Batch()
+		size = 0
+		if len(done) == 0 || files == nil {
+			done = done[:0]
+			return nil
+		}
+		out := done
+		done = nil
+		return files(out)
+	}
+	put := func(d Digest, data []byte) error {
+		size += int64(len(data))
+		return b.Put(d, data)
+	}
+	ix, err := SplitFiles(r, put, func(f File) error {
+		done = append(done, f)
+		if size >= commitEvery {
+			return commit()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := commit(); err != nil {
+		return nil, err
+	}
+	return ix, s.PutIndex(ix)
+}

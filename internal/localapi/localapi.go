@@ -112,6 +112,13 @@ type LoadImage struct {
 	Tags   []string `json:"tags,omitempty"`
 }
 
+// LoadChainRequest asks the device to load a layer stack (diffIDs bottom
+// first) from its content store ahead of the image it belongs to.
+type LoadChainRequest struct {
+	DiffIDs []string `json:"diff_ids"`
+	Arch    string   `json:"arch,omitempty"`
+}
+
 // LoadResponse says what the engine loaded.
 type LoadResponse struct {
 	Images       []string `json:"images"`
