@@ -207,6 +207,12 @@ func (s *Server) OpenBlob(d content.Digest) (io.ReadCloser, int64, error) {
 	if b, err := s.store.Get(d); err == nil {
 		return io.NopCloser(strings.NewReader(string(b))), int64(len(b)), nil
 	}
+	if ix, err := s.store.Index(d); err == nil {
+		// Pushed uncompressed: its bytes are the layer, rebuilt.
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(content.Rebuild(ix, s.store.Get, pw)) }()
+		return pr, ix.Size, nil
+	}
 	if _, err := s.StatBlob(d); err == nil {
 		return nil, 0, registry.Errorf(registry.CodeUnsupported, release.ErrNotFound, "layer %s is held as pieces in berth's cache, not as it was pushed", d)
 	}
