@@ -30,7 +30,11 @@ func (r *recorder) Layer(ix *content.Index) {
 	r.layers = append(r.layers, ix)
 	r.mu.Unlock()
 }
-func (r *recorder) Image(_ *registry.Manifest, cfg []byte) { r.mu.Lock(); r.config = cfg; r.mu.Unlock() }
+func (r *recorder) Image(_ *registry.Manifest, cfg []byte) {
+	r.mu.Lock()
+	r.config = cfg
+	r.mu.Unlock()
+}
 
 func layerTar(t *testing.T, n int) []byte {
 	var b bytes.Buffer
