@@ -79,6 +79,7 @@ type Stream struct {
 type streamImage struct {
 	StreamImage
 	config []byte
+	needed int // layers its device's engine lacked
 }
 
 type pendingFile struct {
@@ -161,6 +162,7 @@ func (st *Stream) addImage(w StreamImage) {
 			continue
 		}
 		seen[d] = true
+		img.needed++
 		if !st.need[d] {
 			st.need[d] = true
 			st.sum.LayersNeeded++
@@ -530,7 +532,7 @@ func (st *Stream) finish() error {
 	for _, img := range st.images {
 		req.Images = append(req.Images, localapi.LoadImage{Config: img.config, Tags: img.Tags})
 		st.sum.BytesSent += int64(len(img.config))
-		st.sum.PerImage = append(st.sum.PerImage, ImageSummary{ID: content.Sum(img.config).String(), EngineID: img.EngineID, Tags: img.Tags, Layers: len(img.DiffIDs)})
+		st.sum.PerImage = append(st.sum.PerImage, ImageSummary{ID: content.Sum(img.config).String(), EngineID: img.EngineID, Tags: img.Tags, Layers: len(img.DiffIDs), LayersNeeded: img.needed})
 	}
 	st.s.progress(Progress{Stage: "load", Message: fmt.Sprintf("the device loads the images (%d layers loaded ahead)", st.sum.PartialLoads)})
 	lr, err := st.s.Device.Load(st.ctx, req)
