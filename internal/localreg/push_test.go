@@ -64,7 +64,7 @@ func (e *fakeEngine) Image(_ context.Context, ref string) (engine.ImageInfo, err
 }
 
 func (e *fakeEngine) TagImage(_ context.Context, _, ref string) error { e.tags[ref] = true; return nil }
-func (e *fakeEngine) Untag(_ context.Context, ref string) error     { delete(e.tags, ref); return nil }
+func (e *fakeEngine) Untag(_ context.Context, ref string) error       { delete(e.tags, ref); return nil }
 
 func (e *fakeEngine) Push(_ context.Context, ref string, _ func(string, string)) error {
 	if !e.reach {
