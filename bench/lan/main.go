@@ -68,6 +68,8 @@ type config struct {
 	repoRoot  string
 	gzipLevel int
 	progress  bool
+	pushPort  int
+	dev       int
 }
 
 var scenarioNames = []string{"S0", "S1", "S2", "S3"}
@@ -84,6 +86,8 @@ func main() {
 	flag.IntVar(&cfg.rateMbit, "rate", 20, "slow link rate, Mbit/s (tbf)")
 	flag.StringVar(&cfg.storage, "storage-driver", "overlay2", "the robot dockerd's storage driver")
 	flag.IntVar(&cfg.gzipLevel, "gzip", 6, "gzip level of the docker save method (6 is gzip's default)")
+	flag.IntVar(&cfg.pushPort, "push-port", 0, "port of berth's loopback endpoint the laptop's engine pushes to (default: a free one, the same for the whole run)")
+	flag.IntVar(&cfg.dev, "dev", 5, "one-line changes berth dev deploys to examples/robot on each link (0: none)")
 	flag.Parse()
 	cfg.links = strings.Split(*links, ",")
 	for _, l := range cfg.links {
@@ -113,6 +117,13 @@ func main() {
 		fatalf("run from the repository root (go run ./bench/lan)")
 	}
 	cfg.repoRoot = root
+	if cfg.pushPort == 0 {
+		p, err := freePort()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		cfg.pushPort = p
+	}
 	if !filepath.IsAbs(cfg.outDir) {
 		cfg.outDir = filepath.Join(root, cfg.outDir)
 	}

@@ -65,6 +65,7 @@ type op struct {
 type origin struct {
 	fleet    string
 	override *release.Override
+	settle   time.Duration // a deploy's own settle time (berth dev), else the policy's
 }
 
 // New prepares an agent. Call Run to recover and serve.
@@ -215,6 +216,7 @@ func (a *Agent) deploy(ctx context.Context, app string, req localapi.DeployReque
 	if err != nil {
 		return nil, err
 	}
+	orig.settle = req.Settle.D()
 	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D(), orig)
 }
 
@@ -367,7 +369,11 @@ func (a *Agent) runSwitch(o *op, from, rel *release.Release, steps []reconcile.S
 		}
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: s.Phase(), Message: msg})
 	}
-	err := a.runner(force, lockTimeout).Apply(ctx, "switch", from, rel, steps, journal{a}, progress)
+	r := a.runner(force, lockTimeout)
+	if o.origin.settle > 0 {
+		r.Settle = o.origin.settle // a dev loop's shorter settle
+	}
+	err := r.Apply(ctx, "switch", from, rel, steps, journal{a}, progress)
 	if ctx.Err() != nil {
 		return // shutting down: the journal stays, the next start finishes the job
 	}
