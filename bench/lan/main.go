@@ -206,6 +206,9 @@ func benchmark(ctx context.Context, cfg *config) error {
 		}
 		runs, err := runLink(ctx, cfg, link, work, bin, imgs, res)
 		res.Runs = append(res.Runs, runs...)
+		if err == nil && ctx.Err() == nil {
+			_ = writeResults(cfg, res) // each link's figures as soon as it is done
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				_ = writeResults(cfg, res) // what was measured until the failure

@@ -134,6 +134,18 @@ func runLink(ctx context.Context, cfg *config, link, work, bin string, im *image
 			out = append(out, *ms)
 		}
 	}
+	if cfg.dev > 0 {
+		if err := r.shape(ctx, link == "slow", cfg.rateMbit); err != nil {
+			return out, err
+		}
+		logf("-- %s berth dev on examples/robot, %d one-line changes", link, cfg.dev)
+		d, err := devBench(ctx, cfg, r, link, cfg.dev)
+		if err != nil {
+			logf("   berth dev: %v", err)
+			d = &devResult{Link: link, Note: err.Error()}
+		}
+		res.Dev = append(res.Dev, d)
+	}
 	return out, r.shape(ctx, false, cfg.rateMbit)
 }
 

@@ -17,6 +17,7 @@ type results struct {
 	BuildSeconds float64           `json:"build_seconds"`
 	Images       []*imageStat      `json:"images"`
 	Runs         []measurement     `json:"runs"`
+	Dev          []*devResult      `json:"dev,omitempty"`
 	Targets      []targetResult    `json:"targets"`
 }
 
@@ -226,6 +227,19 @@ func report(cfg *config, res *results) string {
 		w("\n")
 	}
 
+	if len(res.Dev) > 0 {
+		w("### berth dev on examples/robot\n\nFrom saving a one-line change in the sensor (a Go service) to the new release committed, healthy, on the robot; `berth dev --local-go-image` (BuildKit's or the classic builder's cache keeps the Go module and build cache layers), the robot's engine of its own behind the link. Each change's split: detect (polling every 300 ms, then 200 ms without another write), build, push (streamed), switch (stop, start, health gate, commit).\n\n")
+		w("| Link | median | detect | build | push | switch | wire | all runs (s) | first build and deploy |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, d := range res.Dev {
+			var all []string
+			for _, r := range d.Runs {
+				all = append(all, fmt.Sprintf("%.1f", r.Seconds))
+			}
+			m := d.Median
+			w("| %s | **%.1f s** | %.1f s | %.1f s | %.1f s | %.1f s | %s | %s | %.0f s |\n", d.Link, m.Seconds, m.DetectSeconds, m.BuildSeconds, m.PushSeconds, m.SwitchSeconds, human(m.WireBytes), strings.Join(all, ", "), d.Setup)
+		}
+		w("\n")
+	}
 	w("### Targets\n\n| Link | Target | Measured | Limit | Measured / limit | |\n|---|---|---|---|---|---|\n")
 	for _, t := range res.Targets {
 		v := "**missed**"
