@@ -523,9 +523,19 @@ func (a *Agent) restore(ctx context.Context, app string, target *release.Release
 	var cleanup *reconcile.CleanupError
 	if errors.As(err, &cleanup) {
 		a.log.Warn("rollback done, cleanup incomplete", "app", app, "error", err)
-		return nil
+		err = nil
 	}
-	return err
+	if err != nil || target == nil {
+		return err
+	}
+	// What the plan took for running may have stopped since it looked (a
+	// stop the engine was still carrying out): a rollback is done only
+	// when the release it restores runs.
+	observed, err = a.eng.Containers(ctx, app)
+	if err != nil {
+		return err
+	}
+	return reconcile.Restored(target, observed)
 }
 
 // Recover finishes or undoes what a previous run left half done, app by app:
@@ -573,6 +583,7 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 		return err
 	}
 	o := &op{kind: "recovery"}
+	a.finishInFlight(ctx, app, j)
 	switch {
 	case j.Op == "switch" && j.Step.Kind == reconcile.KindCommit:
 		// The new release had passed verification: finish the commit.
@@ -630,6 +641,31 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 		return err
 	}
 	return fmt.Errorf("journal names unknown operation %q", j.Op)
+}
+
+// finishInFlight waits for the engine to finish the step the journal names,
+// if the engine may still be at it without berthd. Only a stop lasts: the
+// engine goes on stopping a container whose stop berthd asked for before
+// it died, for up to its grace period, and then kills it. Planned before
+// then, a rollback would count that container as running and leave it to
+// die. So the stop is asked for again, which returns once the container is
+// down; the plan then starts it again.
+func (a *Agent) finishInFlight(ctx context.Context, app string, j *reconcile.Entry) {
+	if j.Step.Kind != reconcile.KindStop || j.Step.Container == "" {
+		return
+	}
+	grace := time.Duration(0) // the container's own stop timeout
+	for _, id := range []string{j.From, j.To} {
+		if r, _ := a.store.release(app, id); r != nil {
+			if g := r.Spec.Services[j.Step.Service].StopGracePeriod.D(); g > grace {
+				grace = g
+			}
+		}
+	}
+	a.emit(localapi.Event{App: app, Phase: release.PhaseRollingBack, Message: fmt.Sprintf("berthd restarted while the engine was stopping %s container %s; waiting for that stop to end before going on", j.Step.Service, release.ShortID(j.Step.Container))})
+	if err := a.eng.Stop(ctx, j.Step.Container, grace); err != nil {
+		a.log.Warn("finish the interrupted stop", "app", app, "container", release.ShortID(j.Step.Container), "error", err)
+	}
 }
 
 // Remove removes app's containers and networks (and its volumes if asked)
