@@ -318,9 +318,9 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	if rel.ID == rec.Current && rec.FleetRelease == fr.ID && rec.Override == nil {
 		// It runs its target: whatever the device said of another
 		// release (a refusal, an aborted rollout's failure) is over.
-		if rec.FleetFailed != "" || rec.FleetRefused != "" || rec.Generation != gen || rec.Target != rec.Current {
+		renewed := rec.Generation != gen
+		if rec.FleetFailed != "" || rec.FleetRefused != "" || renewed || rec.Target != rec.Current {
 			rec.clearFleetVerdict()
-			rec.Generation = gen
 			if rec.Phase.AtRest() && rec.Target != rec.Current {
 				// The last operation was about another release (a
 				// rollback that an aborted rollout followed up on):
@@ -330,15 +330,19 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 			if err := a.store.saveRecord(app, rec); err != nil {
 				return false, err
 			}
-			a.emit(localapi.Event{App: app, Release: rel.ID, Phase: rec.Phase, Message: fmt.Sprintf("release %s (%s) runs, as the fleet assigns", release.ShortID(fr.ID), fr.Version)})
 		}
-		return true, nil
-	}
-	// A release that failed here is not tried again under the assignment
-	// it failed under, whatever else changes (environment layers make
-	// another release here, but not another verdict): a newer one (an
-	// assignment, a rollout, berth device retry) tries it again.
-	if rec.FleetFailed == fr.ID && (rec.FleetGeneration >= gen && gen > 0 || gen == 0 && rec.Failed[rel.ID] != "") {
+		if !renewed {
+			return true, nil
+		}
+		// Assigned again (berth device retry): planned against what
+		// runs, which re-creates a service's container that is gone or
+		// stopped since, and records the new generation.
+	} else if rec.FleetFailed == fr.ID && (rec.FleetGeneration >= gen && gen > 0 || gen == 0 && rec.Failed[rel.ID] != "") {
+		// A release that failed here is not tried again under the
+		// assignment it failed under, whatever else changes
+		// (environment layers make another release here, but not
+		// another verdict): a newer one (an assignment, a rollout,
+		// berth device retry) tries it again.
 		a.log.Info("fleet: release failed here before; not retried under the same assignment", "app", app, "release", release.ShortID(fr.ID), "generation", gen, "reason", rec.FleetReason)
 		return true, nil
 	}

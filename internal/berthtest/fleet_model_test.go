@@ -27,7 +27,7 @@ services:
   web:
     image: ${IMG_A}
     environment: {VERSION: "` + version + `"` + unhealthy + `}
-    healthcheck: {test: ["CMD", "/app", "-check"], interval: 1s, timeout: 2s, retries: 2}
+    healthcheck: {test: ["CMD", "/app", "-check"], interval: 1s, timeout: 10s, retries: 2}
 `
 }
 

@@ -53,6 +53,8 @@ func awaitStatus(t *testing.T, srv *Server, name, state string, ok func(serverap
 //     environment layer changes, and is with `berth device retry`;
 //   - a switch cut short by a berthd crash is rolled back and then tried
 //     again, not blocked as failed;
+//   - a service stopped behind berth's back shows degraded, and
+//     `berth device retry` starts it again;
 //   - `berth rm` over the LAN is an override too, ended by assigning;
 //   - after an aborted rollout the device shows its release running, not
 //     the failure; failure reasons name the fleet's release IDs;
@@ -145,6 +147,21 @@ func TestFleetStateMachine(t *testing.T) {
 	if a := d.Apps["app"]; a.FleetFailed == v3 {
 		t.Fatalf("a switch cut short by a crash was booked as a failure: %+v", a)
 	}
+	awaitAnswer(t, port, "version=3\n")
+
+	// A service stopped behind berth's back: degraded (seen at the next
+	// heartbeat, within a minute); berth device retry starts it again.
+	for _, c := range robot.Containers(t, "app") {
+		if out, err := docker("stop", c.ID); err != nil {
+			t.Fatal(err, out)
+		}
+	}
+	d = awaitStatus(t, srv, name, serverapi.StatusDegraded, runs(v3))
+	Contains(t, d.Status["app"].Leave, "berth device retry")
+	if out, err := srv.Berth(t, "device", "retry", name, "--fleet", "lab", "--app", "app"); err != nil {
+		t.Fatal(err, out)
+	}
+	awaitStatus(t, srv, name, serverapi.StatusRunning, runs(v3))
 	awaitAnswer(t, port, "version=3\n")
 
 	// berth rm over the LAN: an override (the fleet release does not come

@@ -105,12 +105,12 @@ func appStatus(device, app string, t *TargetApp, a *release.AppState, now time.T
 		return AppStatus{State: StatusFailed, Release: a.FleetRelease, Reason: orSay(a.FleetReason, a.Error, "rolled back by the device"), Leave: retry + " (or assign another release)"}
 	case a.FleetRelease == t.Release && a.Phase.AtRest():
 		if down := notUp(a.Services); len(down) > 0 {
-			return AppStatus{State: StatusDegraded, Release: a.FleetRelease, Reason: strings.Join(down, "; ")}
+			return AppStatus{State: StatusDegraded, Release: a.FleetRelease, Reason: strings.Join(down, "; "), Leave: retry + " (starts or re-creates what is down)"}
 		}
 		if a.Phase != release.PhaseIdle || a.Error != "" {
 			// At rest on the target, but its last operation failed (a
 			// repair) or left a warning.
-			return AppStatus{State: StatusDegraded, Release: a.FleetRelease, Reason: orSay(a.Error, "", string(a.Phase))}
+			return AppStatus{State: StatusDegraded, Release: a.FleetRelease, Reason: orSay(a.Error, "", string(a.Phase)), Leave: retry}
 		}
 		return AppStatus{State: StatusRunning, Release: a.FleetRelease}
 	}
