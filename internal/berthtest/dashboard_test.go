@@ -62,8 +62,8 @@ func TestDashboard(t *testing.T) {
 	}
 	robot := env.NewFleetDevice(t, srv.URL, key)
 	row := fmt.Sprintf(`document.querySelector('tr[data-device=%q]')`, robot.Name)
-	b.Await(t, "the robot online, idle and healthy",
-		row+` && `+row+`.textContent.includes("online") && `+row+`.textContent.includes("idle") && `+row+`.textContent.includes("web: healthy")`,
+	b.Await(t, "the robot online, running its release, healthy",
+		row+` && `+row+`.textContent.includes("online") && `+row+`.textContent.includes("running") && `+row+`.textContent.includes("web: healthy")`,
 		2*time.Minute)
 	if b.Eval(t, "window.notReloaded === true") != "true" {
 		t.Fatal("the overview was reloaded; it should update in place")

@@ -23,7 +23,7 @@ services:
     healthcheck:
       test: ["CMD", "/app", "-check"]
       interval: 1s
-      timeout: 2s
+      timeout: 10s # a probe slowed by a loaded machine is not a failure
       retries: 2
 volumes:
   data: {}
