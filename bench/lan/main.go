@@ -78,6 +78,7 @@ func main() {
 	var cfg config
 	links := flag.String("links", "loopback,slow", "links to run: loopback, slow")
 	scen := flag.String("scenarios", "S0,S1,S2,S3", "scenarios to measure (earlier ones still run as unmeasured setup)")
+	meth := flag.String("methods", strings.Join(methods, ","), "methods to measure: registry, save, berth (berth always runs: it leaves the next scenario's state)")
 	flag.BoolVar(&cfg.progress, "progress", false, "run berth push without --json and keep its progress lines, timestamped (to see where its time goes; the summary is then rounded)")
 	flag.StringVar(&cfg.slowS0, "slow-s0", "all", "methods whose S0 is timed over the slow link: berth, all or none (others: bytes measured unshaped, time estimated)")
 	flag.BoolVar(&cfg.small, "small", false, "a small image (~60 MB): check that everything works")
@@ -103,6 +104,16 @@ func main() {
 		}
 		cfg.measure[s] = true
 	}
+	var ms []string
+	for _, m := range strings.Split(*meth, ",") {
+		if m != "registry" && m != "save" && m != "berth" {
+			fatalf("unknown method %q", m)
+		}
+		if m != "berth" {
+			ms = append(ms, m)
+		}
+	}
+	methods = append(ms, "berth")
 	if cfg.slowS0 != "berth" && cfg.slowS0 != "all" && cfg.slowS0 != "none" {
 		fatalf("-slow-s0: berth, all or none")
 	}
