@@ -35,7 +35,7 @@ fuzz: ## fuzz every decoder of untrusted input for a minute each
 	$(GO) test ./internal/delta -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime 60s
 	$(GO) test ./internal/imagetar -run '^$$' -fuzz '^FuzzOCIManifests$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzSealRelease$$' -fuzztime 60s
-	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime 60s
+	$(GO) test ./internal/registry -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzDeviceState$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzImageRegistration$$' -fuzztime 60s
 	$(GO) test ./internal/server -run '^$$' -fuzz '^FuzzStatePatch$$' -fuzztime 60s

@@ -68,6 +68,8 @@ type config struct {
 	repoRoot  string
 	gzipLevel int
 	progress  bool
+	pushPort  int
+	dev       int
 }
 
 var scenarioNames = []string{"S0", "S1", "S2", "S3"}
@@ -76,6 +78,7 @@ func main() {
 	var cfg config
 	links := flag.String("links", "loopback,slow", "links to run: loopback, slow")
 	scen := flag.String("scenarios", "S0,S1,S2,S3", "scenarios to measure (earlier ones still run as unmeasured setup)")
+	meth := flag.String("methods", strings.Join(methods, ","), "methods to measure: registry, save, berth (berth always runs: it leaves the next scenario's state)")
 	flag.BoolVar(&cfg.progress, "progress", false, "run berth push without --json and keep its progress lines, timestamped (to see where its time goes; the summary is then rounded)")
 	flag.StringVar(&cfg.slowS0, "slow-s0", "all", "methods whose S0 is timed over the slow link: berth, all or none (others: bytes measured unshaped, time estimated)")
 	flag.BoolVar(&cfg.small, "small", false, "a small image (~60 MB): check that everything works")
@@ -84,6 +87,8 @@ func main() {
 	flag.IntVar(&cfg.rateMbit, "rate", 20, "slow link rate, Mbit/s (tbf)")
 	flag.StringVar(&cfg.storage, "storage-driver", "overlay2", "the robot dockerd's storage driver")
 	flag.IntVar(&cfg.gzipLevel, "gzip", 6, "gzip level of the docker save method (6 is gzip's default)")
+	flag.IntVar(&cfg.pushPort, "push-port", 0, "port of berth's loopback endpoint the laptop's engine pushes to (default: a free one, the same for the whole run)")
+	flag.IntVar(&cfg.dev, "dev", 5, "one-line changes berth dev deploys to examples/robot on each link (0: none)")
 	flag.Parse()
 	cfg.links = strings.Split(*links, ",")
 	for _, l := range cfg.links {
@@ -99,6 +104,16 @@ func main() {
 		}
 		cfg.measure[s] = true
 	}
+	var ms []string
+	for _, m := range strings.Split(*meth, ",") {
+		if m != "registry" && m != "save" && m != "berth" {
+			fatalf("unknown method %q", m)
+		}
+		if m != "berth" {
+			ms = append(ms, m)
+		}
+	}
+	methods = append(ms, "berth")
 	if cfg.slowS0 != "berth" && cfg.slowS0 != "all" && cfg.slowS0 != "none" {
 		fatalf("-slow-s0: berth, all or none")
 	}
@@ -113,6 +128,13 @@ func main() {
 		fatalf("run from the repository root (go run ./bench/lan)")
 	}
 	cfg.repoRoot = root
+	if cfg.pushPort == 0 {
+		p, err := freePort()
+		if err != nil {
+			fatalf("%v", err)
+		}
+		cfg.pushPort = p
+	}
 	if !filepath.IsAbs(cfg.outDir) {
 		cfg.outDir = filepath.Join(root, cfg.outDir)
 	}
@@ -195,6 +217,9 @@ func benchmark(ctx context.Context, cfg *config) error {
 		}
 		runs, err := runLink(ctx, cfg, link, work, bin, imgs, res)
 		res.Runs = append(res.Runs, runs...)
+		if err == nil && ctx.Err() == nil {
+			_ = writeResults(cfg, res) // each link's figures as soon as it is done
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				_ = writeResults(cfg, res) // what was measured until the failure

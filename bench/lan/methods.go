@@ -47,9 +47,10 @@ type measurement struct {
 type berthSummary struct {
 	Push   json.RawMessage `json:"push"`
 	Deploy json.RawMessage `json:"deploy"`
-	// push's summaries, added up.
+	// The transfer's summaries, added up.
 	transfer.Summary
-	// deploy's own time (switch: preflight, start, health, commit).
+	// deploy's own time, the whole command (transfer, switch, health,
+	// commit): the switch is what follows the transfer's DoneSeconds.
 	DeploySeconds float64 `json:"deploy_seconds"`
 	// With -progress: push's progress lines, timestamped from the command's
 	// start (the summary is then parsed from its text, rounded).
@@ -62,7 +63,7 @@ func runLink(ctx context.Context, cfg *config, link, work, bin string, im *image
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	r := &robot{dir: dir, bin: bin, storage: cfg.storage, cache: filepath.Join(dir, "laptop-cache")}
+	r := &robot{dir: dir, bin: bin, storage: cfg.storage, cache: filepath.Join(dir, "laptop-cache"), pushPort: cfg.pushPort}
 	addCleanup("tear the robot down ("+link+")", r.down)
 	logf("== %s link: starting the robot (netns %s, %s ↔ %s)", link, netnsName, hostIP, robotIP)
 	if err := r.up(ctx); err != nil {
@@ -132,6 +133,18 @@ func runLink(ctx context.Context, cfg *config, link, work, bin string, im *image
 			logf("   %s %s %s: %s on the wire, %.1fs %v", link, sc, m, human(ms.WireBytes), ms.Seconds, fmtPhases(ms.Phases))
 			out = append(out, *ms)
 		}
+	}
+	if cfg.dev > 0 {
+		if err := r.shape(ctx, link == "slow", cfg.rateMbit); err != nil {
+			return out, err
+		}
+		logf("-- %s berth dev on examples/robot, %d one-line changes", link, cfg.dev)
+		d, err := devBench(ctx, cfg, r, link, cfg.dev)
+		if err != nil {
+			logf("   berth dev: %v", err)
+			d = &devResult{Link: link, Note: err.Error()}
+		}
+		res.Dev = append(res.Dev, d)
 	}
 	return out, r.shape(ctx, false, cfg.rateMbit)
 }
@@ -290,8 +303,10 @@ services:
       retries: 3
 `
 
-// berthRun: berth push, then berth deploy (which returns once the release is
-// committed and healthy).
+// berthRun: berth deploy, which sends the image (streamed from the
+// laptop's engine) and returns once the release is committed and healthy.
+// With -progress: berth push without --json (its progress lines kept),
+// then berth deploy, as before issue 14.
 func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (*measurement, error) {
 	dir := filepath.Join(r.dir, "compose")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -301,57 +316,53 @@ func berthRun(ctx context.Context, r *robot, im *images, k int, progress bool) (
 	if err := os.WriteFile(file, []byte(fmt.Sprintf(composeFile, im.tags[k])), 0o644); err != nil {
 		return nil, err
 	}
-	env := []string{"HOME=" + r.home, "BERTH_CACHE=" + r.cache}
+	env := r.berthEnv()
 	berth := filepath.Join(r.bin, "berth")
 	m := newMeter()
-	var push string
-	var lines []string
-	var err error
+	s := &berthSummary{}
 	if progress {
-		lines, err = pushWithProgress(ctx, dir, env, berth, r.target(), im.tags[k])
-		push = "null"
-	} else {
-		push, err = runIn(ctx, dir, env, berth, "push", "--json", "--to", r.target(), im.tags[k])
+		lines, err := pushWithProgress(ctx, dir, env, berth, r.target(), im.tags[k])
+		if err != nil {
+			return nil, err
+		}
+		s.Progress = lines
+		if err := parseDone(lines, s); err != nil {
+			return nil, err
+		}
+		m.phase("push")
 	}
-	if err != nil {
-		return nil, err
-	}
-	m.phase("push")
 	deploy, err := runIn(ctx, dir, env, berth, "deploy", "-f", file, "--json", "--version", scenarioNames[k], "--to", r.target())
 	if err != nil {
 		return nil, err
 	}
 	m.phase("deploy")
 	res := m.result()
-	s := &berthSummary{Push: json.RawMessage(strings.TrimSpace(push)), Deploy: json.RawMessage(strings.TrimSpace(deploy)), Progress: lines}
-	if progress {
-		if err := parseDone(lines, s); err != nil {
-			return nil, err
-		}
-	}
-	var pr []struct {
-		Skipped string
-		Summary *transfer.Summary
-	}
-	if err := json.Unmarshal([]byte(push), &pr); err != nil && !progress {
-		return nil, fmt.Errorf("berth push --json: %w: %s", err, push)
-	}
-	for _, p := range pr {
-		if p.Summary == nil {
-			return nil, fmt.Errorf("berth push sent nothing (%s): the robot had the image already?", p.Skipped)
-		}
-		s.Summary.Add(p.Summary)
-	}
+	s.Deploy = json.RawMessage(strings.TrimSpace(deploy))
 	var dr struct {
-		Result  string  `json:"result"`
-		Error   string  `json:"error"`
-		Seconds float64 `json:"seconds"`
+		Result   string  `json:"result"`
+		Error    string  `json:"error"`
+		Seconds  float64 `json:"seconds"`
+		Transfer []struct {
+			Skipped string
+			Summary *transfer.Summary
+		} `json:"transfer"`
 	}
 	if err := json.Unmarshal([]byte(deploy), &dr); err != nil {
 		return nil, fmt.Errorf("berth deploy --json: %w: %s", err, deploy)
 	}
 	if dr.Result != "idle" {
 		return nil, fmt.Errorf("berth deploy: %s: %s", dr.Result, dr.Error)
+	}
+	if !progress {
+		for _, p := range dr.Transfer {
+			if p.Summary == nil {
+				return nil, fmt.Errorf("berth deploy sent no image (%s): the robot had it already?", p.Skipped)
+			}
+			s.Summary.Add(p.Summary)
+		}
+		if len(dr.Transfer) == 0 {
+			return nil, fmt.Errorf("berth deploy sent no image: %s", deploy)
+		}
 	}
 	s.DeploySeconds = dr.Seconds
 	res.Berth = s

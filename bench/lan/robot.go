@@ -35,6 +35,7 @@ type robot struct {
 	home       string // HOME for berth: .ssh/config, id_ed25519, known_hosts
 	sshConfig  string // the same for OpenSSH's ssh (which reads HOME from passwd, not $HOME)
 	cache      string // BERTH_CACHE: the laptop's content cache
+	pushPort   int    // BERTH_PUSH_PORT: berth's loopback endpoint, the same for the whole run
 	downs      []func()
 
 	dockerd, sshd, berthd, registry, tunnel *proc
@@ -235,6 +236,11 @@ func (r *robot) startBerthd(ctx context.Context) error {
 		}
 		return err
 	})
+}
+
+// berthEnv is the environment berth runs with on the laptop.
+func (r *robot) berthEnv() []string {
+	return []string{"HOME=" + r.home, "BERTH_CACHE=" + r.cache, fmt.Sprintf("BERTH_PUSH_PORT=%d", r.pushPort)}
 }
 
 // target is berth's --to for the robot.

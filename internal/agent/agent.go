@@ -69,6 +69,9 @@ type origin struct {
 	Fleet      string            `json:"fleet,omitempty"`
 	Generation int64             `json:"generation,omitempty"`
 	Override   *release.Override `json:"override,omitempty"`
+	// settle is a deploy's own settle time (berth dev), else the policy's;
+	// not kept: a switch resumed after a restart verifies by the policy.
+	settle time.Duration
 }
 
 // of names a release for people: its fleet release ID on a fleet device.
@@ -227,6 +230,7 @@ func (a *Agent) deploy(ctx context.Context, app string, req localapi.DeployReque
 	if err != nil {
 		return nil, err
 	}
+	orig.settle = req.Settle.D()
 	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D(), orig)
 }
 
@@ -380,7 +384,11 @@ func (a *Agent) runSwitch(o *op, from, rel *release.Release, steps []reconcile.S
 		}
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: s.Phase(), Message: msg})
 	}
-	err := a.runner(force, lockTimeout).Apply(ctx, "switch", from, rel, steps, journal{a}, progress)
+	r := a.runner(force, lockTimeout)
+	if o.origin.settle > 0 {
+		r.Settle = o.origin.settle // a dev loop's shorter settle
+	}
+	err := r.Apply(ctx, "switch", from, rel, steps, journal{a}, progress)
 	if ctx.Err() != nil {
 		return // shutting down: the journal stays, the next start finishes the job
 	}

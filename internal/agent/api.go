@@ -150,6 +150,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/content/pieces", a.servePieces)
 	mux.HandleFunc("PUT /v1/content/layers/{diffid}", a.serveIndex)
 	mux.HandleFunc("POST /v1/content/load", a.serveLoad)
+	mux.HandleFunc("POST /v1/content/chains", a.serveLoadChain)
 	return validApp(mux)
 }
 

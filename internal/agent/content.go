@@ -2,17 +2,20 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-robotics/berth/internal/content"
+	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/imagetar"
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
@@ -95,20 +98,13 @@ func (a *Agent) serveIndex(w http.ResponseWriter, r *http.Request) {
 
 // Load rebuilds the layers the engine lacks from the content store and loads
 // the images, checking the engine ends up with exactly these image IDs.
+// Images LoadChain made to hold layers of these are removed after.
 func (a *Agent) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.LoadResponse, error) {
 	start := a.now()
 	if len(req.Images) == 0 {
 		return nil, fmt.Errorf("load: no images: %w", release.ErrInvalid)
 	}
-	h, err := a.eng.Holdings(ctx)
-	if err != nil {
-		return nil, err
-	}
-	chains := h.Chains
 	var imgs []imagetar.Image
-	include := map[string]int64{}
-	indexes := map[string]*content.Index{}
-	var need int64
 	for _, li := range req.Images {
 		img, err := imagetar.FromConfig(li.Config)
 		if err != nil {
@@ -121,6 +117,74 @@ func (a *Agent) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.L
 		}
 		img.Tags = li.Tags
 		imgs = append(imgs, img)
+	}
+	resp, err := a.load(ctx, imgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range imgs {
+		if _, err := a.eng.ImageID(ctx, img.ID); err != nil {
+			return nil, fmt.Errorf("after the load the engine lacks image %s: %w", release.ShortID(img.ID), err)
+		}
+		resp.Images = append(resp.Images, img.ID)
+	}
+	a.removePartial(ctx, false)
+	resp.Seconds = a.now().Sub(start).Seconds()
+	a.emit(localapi.Event{Message: fmt.Sprintf("loaded %d images (%d layers, %d MiB) in %.1fs", len(imgs), resp.LayersLoaded, resp.BytesLoaded>>20, resp.Seconds)})
+	return resp, nil
+}
+
+// LoadChain makes the engine hold a layer stack (diffIDs, bottom first)
+// while the rest of an image is still on its way: the layers of it the
+// engine lacks are rebuilt from the content store and loaded as an image of
+// their own, labelled engine.LabelPartial, that keeps them until Load brings
+// an image using them (or, left behind by a transfer that never finished,
+// for six hours). So a device loads a layer as soon as it and those under it
+// are here, not after the last one.
+func (a *Agent) LoadChain(ctx context.Context, req localapi.LoadChainRequest) (*localapi.LoadResponse, error) {
+	start := a.now()
+	if len(req.DiffIDs) == 0 || len(req.DiffIDs) > 1024 {
+		return nil, fmt.Errorf("load chain: %d layers: %w", len(req.DiffIDs), release.ErrInvalid)
+	}
+	arch := req.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	cfg, err := json.Marshal(map[string]any{
+		"architecture": arch,
+		"os":           "linux",
+		"config":       map[string]any{"Labels": map[string]string{engine.LabelPartial: strconv.FormatInt(a.now().Unix(), 10)}},
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": req.DiffIDs},
+	})
+	if err != nil {
+		return nil, err
+	}
+	img, err := imagetar.FromConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.load(ctx, []imagetar.Image{img})
+	if err != nil {
+		return nil, err
+	}
+	resp.Seconds = a.now().Sub(start).Seconds()
+	if resp.LayersLoaded > 0 {
+		a.log.Info("loaded layers ahead of their image", "layers", resp.LayersLoaded, "mib", resp.BytesLoaded>>20, "seconds", resp.Seconds)
+	}
+	return resp, nil
+}
+
+// load rebuilds the layers of imgs the engine lacks and loads the images.
+func (a *Agent) load(ctx context.Context, imgs []imagetar.Image) (*localapi.LoadResponse, error) {
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	chains := h.Chains
+	include := map[string]int64{}
+	indexes := map[string]*content.Index{}
+	var need int64
+	for _, img := range imgs {
 		for i, ch := range imagetar.ChainIDs(img.DiffIDs) {
 			d := img.DiffIDs[i]
 			if chains[ch] || include[d] > 0 {
@@ -157,16 +221,36 @@ func (a *Agent) Load(ctx context.Context, req localapi.LoadRequest) (*localapi.L
 		pr.CloseWithError(err)
 		return nil, fmt.Errorf("load into the engine: %w", err)
 	}
-	resp := &localapi.LoadResponse{LayersLoaded: len(include), BytesLoaded: need}
-	for _, img := range imgs {
-		if _, err := a.eng.ImageID(ctx, img.ID); err != nil {
-			return nil, fmt.Errorf("after the load the engine lacks image %s: %w", release.ShortID(img.ID), err)
-		}
-		resp.Images = append(resp.Images, img.ID)
+	return &localapi.LoadResponse{LayersLoaded: len(include), BytesLoaded: need}, nil
+}
+
+// removePartial removes the images LoadChain made whose layer stacks a
+// whole image now holds, and with stale (at start, or from content
+// collection) those over six hours old: a transfer that never finished.
+func (a *Agent) removePartial(ctx context.Context, stale bool) {
+	h, err := a.eng.Holdings(ctx)
+	if err != nil {
+		return
 	}
-	resp.Seconds = a.now().Sub(start).Seconds()
-	a.emit(localapi.Event{Message: fmt.Sprintf("loaded %d images (%d layers, %d MiB) in %.1fs", len(imgs), len(include), need>>20, resp.Seconds)})
-	return resp, nil
+	for _, p := range h.Partial {
+		if !h.Whole[p.Chain] && !(stale && a.now().Sub(p.Made) > 6*time.Hour) {
+			continue
+		}
+		if err := a.eng.RemoveImage(ctx, p.ID); err != nil {
+			a.log.Warn("remove a partial image", "image", p.ID, "error", err)
+		}
+	}
+}
+
+func (a *Agent) serveLoadChain(w http.ResponseWriter, r *http.Request) {
+	var req localapi.LoadChainRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Hour)
+	defer cancel()
+	resp, err := a.LoadChain(ctx, req)
+	reply(w, resp, err)
 }
 
 func (a *Agent) serveLoad(w http.ResponseWriter, r *http.Request) {
@@ -200,6 +284,7 @@ func (a *Agent) collectContent(ctx context.Context) {
 			loaded[dd] = true
 		}
 	}
+	a.removePartial(ctx, true)
 	policy := content.GCPolicy{Keep: loaded, Loaded: loaded, NotBefore: a.now().Add(-6 * time.Hour)}
 	st, err := a.content.GC(policy)
 	budget := int64(a.cfg.ContentBudgetMB) << 20

@@ -16,6 +16,7 @@ import (
 
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/localreg"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/transfer"
 )
@@ -65,7 +66,7 @@ type pushResult struct {
 // lenient (deploy), images the local engine lacks are left to the device's
 // own check, and images the device has are skipped silently.
 func push(ctx context.Context, cl transfer.Device, sources []string, log io.Writer, quiet, lenient bool) ([]pushResult, error) {
-	cache, err := cacheStore()
+	cache, cacheDir, err := cacheStore()
 	if err != nil {
 		return nil, err
 	}
@@ -100,8 +101,8 @@ func push(ctx context.Context, cl transfer.Device, sources []string, log io.Writ
 		have[id] = true
 	}
 	var results []pushResult
-	var refs []string
 	var eng *engine.Client
+	var local []localreg.Image
 	for _, src := range sources {
 		if st, err := os.Stat(src); err == nil && st.IsDir() {
 			if _, err := os.Stat(filepath.Join(src, "oci-layout")); err != nil {
@@ -140,41 +141,37 @@ func push(ctx context.Context, cl transfer.Device, sources []string, log io.Writ
 		if err != nil {
 			return results, fmt.Errorf("image %s: not a file and not in the local engine (docker images lists them): %w", src, err)
 		}
-		if have[img.ID] {
+		// The device names images by their config's digest; on the
+		// containerd image store the engine's ID is a manifest's.
+		id := img.ID
+		if cfgID, ok := localreg.ConfigID(cache, cacheDir, img.ID); ok {
+			id = cfgID
+		}
+		if have[id] {
 			if !lenient {
-				say("%s (%s) is on the device already", src, release.ShortID(img.ID))
+				say("%s (%s) is on the device already", src, release.ShortID(id))
 			}
 			results = append(results, pushResult{Source: src, Skipped: "on the device already"})
 			continue
 		}
-		// Pushed before (to this device or another): the cache has it all,
-		// so the engine need not export it again.
-		sum, ok, err := s.PushCached(ctx, []transfer.CachedImage{{ID: img.ID, Tags: savedTags(src, img.Tags)}})
-		if err != nil {
-			return results, fmt.Errorf("push %s: %w", src, err)
-		}
-		if ok {
-			say("pushing %s from the local cache", src)
-			report(say, sum)
-			results = append(results, pushResult{Source: src, Summary: sum})
-			continue
-		}
-		refs = append(refs, src)
+		local = append(local, localreg.Image{Ref: src, Info: img, Tags: savedTags(src, img.Tags)})
 	}
-	if len(refs) > 0 {
-		say("pushing %s from the local engine (waiting for docker save)", strings.Join(refs, ", "))
-		t0 := time.Now()
-		rc, err := eng.Save(ctx, refs)
-		if err != nil {
-			return results, err
+	if len(local) > 0 {
+		var refs []string
+		for _, im := range local {
+			refs = append(refs, im.Ref)
 		}
-		saved := time.Since(t0)
-		sum, err := s.Push(ctx, bufio.NewReaderSize(rc, 1<<20))
-		rc.Close()
+		say("pushing %s from the local engine", strings.Join(refs, ", "))
+		p := &localreg.Pusher{Engine: eng, Sender: s, CacheDir: cacheDir, Via: os.Getenv("BERTH_PUSH_VIA"), Say: say}
+		if port := os.Getenv("BERTH_PUSH_PORT"); port != "" {
+			if _, err := fmt.Sscan(port, &p.Port); err != nil {
+				return results, fmt.Errorf("BERTH_PUSH_PORT=%q: want a port number: %w", port, release.ErrInvalid)
+			}
+		}
+		sum, err := p.Push(ctx, local)
 		if err != nil {
 			return results, fmt.Errorf("push %s: %w", strings.Join(refs, ", "), err)
 		}
-		sum.SaveSeconds = saved.Seconds()
 		report(say, sum)
 		results = append(results, pushResult{Source: strings.Join(refs, " "), Summary: sum})
 	}
@@ -229,18 +226,22 @@ func pushArchive(ctx context.Context, s *transfer.Sender, path string) (*transfe
 func report(say func(string, ...any), s *transfer.Summary) {
 	say("  done: %d images, %d of %d layers needed; %s changed, %s sent; %s loaded; export %.1fs, read %.1fs, send %.1fs, load %.1fs",
 		len(s.Images), s.LayersNeeded, s.Layers, transfer.Human(s.BytesChanged), transfer.Human(s.BytesSent), transfer.Human(s.BytesLoaded), s.SaveSeconds, s.ReadSeconds, s.SendSeconds, s.LoadSeconds)
+	if s.Streamed {
+		say("  streamed from %s: the phases overlapped (each time is from the start, load is the device's own), %d layer stacks loaded ahead, all done in %.1fs", s.Source, s.PartialLoads, s.DoneSeconds)
+	}
 }
 
 // cacheStore opens the sender's local content cache ($BERTH_CACHE, else the
 // user cache directory).
-func cacheStore() (*content.Store, error) {
+func cacheStore() (*content.Store, string, error) {
 	dir := os.Getenv("BERTH_CACHE")
 	if dir == "" {
 		base, err := os.UserCacheDir()
 		if err != nil {
-			return nil, fmt.Errorf("no cache directory: set BERTH_CACHE: %w", err)
+			return nil, "", fmt.Errorf("no cache directory: set BERTH_CACHE: %w", err)
 		}
 		dir = filepath.Join(base, "berth", "content")
 	}
-	return content.Open(dir)
+	st, err := content.Open(dir)
+	return st, dir, err
 }

@@ -13,7 +13,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-robotics/berth/internal/compose"
+	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/localreg"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
 	"github.com/berth-robotics/berth/internal/signing"
@@ -211,6 +213,37 @@ rollouts come later.`,
 	return c
 }
 
+// pinnedID is the ID a release pins an image of the local engine by: the
+// digest of its config, which names it on devices and the fleet server. On
+// the classic image store that is the engine's ID; on the containerd store
+// the engine's ID is its manifest's digest, and the cache knows the config
+// once the image was pushed (until then the engine's ID stands, and the
+// upload's summary corrects it).
+func pinnedID(cache *content.Store, dir, engineID string) string {
+	if id, ok := localreg.ConfigID(cache, dir, engineID); ok {
+		return id
+	}
+	return engineID
+}
+
+// pinUploaded pins each reference to the ID its image was uploaded as: the
+// config's digest, which is not the engine's ID on the containerd image
+// store (engineID: reference → the engine's ID).
+func pinUploaded(pins, engineID map[string]string, results []pushResult) {
+	for _, r := range results {
+		if r.Summary == nil {
+			continue
+		}
+		for _, pi := range r.Summary.PerImage {
+			for ref, id := range engineID {
+				if pi.EngineID == id && pi.ID != "" {
+					pins[ref] = pi.ID
+				}
+			}
+		}
+	}
+}
+
 // releaseCreated is release create's --json output: the release, and what
 // uploading its images cost.
 type releaseCreated struct {
@@ -263,15 +296,22 @@ func uploadImages(ctx context.Context, cl *serverapi.Client, spec *release.Spec,
 	for _, id := range info.Images {
 		have[id] = true
 	}
+	cache, cacheDir, err := cacheStore()
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Close()
 	var send []string
+	engineID := map[string]string{}
 	for _, ref := range refs {
 		img, err := eng.Image(ctx, ref)
 		if err != nil {
 			return nil, fmt.Errorf("image %s of service %s is not in the local engine (docker images lists them; build it first, or give --no-upload): %w", ref, service[ref], err)
 		}
-		res.Images[ref] = img.ID
-		if have[img.ID] {
-			say("%s (%s) is on the server already", ref, release.ShortID(img.ID))
+		res.Images[ref] = pinnedID(cache, cacheDir, img.ID)
+		engineID[ref] = img.ID
+		if have[res.Images[ref]] {
+			say("%s (%s) is on the server already", ref, release.ShortID(res.Images[ref]))
 			res.Transfer = append(res.Transfer, pushResult{Source: ref, Skipped: "on the server already"})
 			continue
 		}
@@ -283,6 +323,7 @@ func uploadImages(ctx context.Context, cl *serverapi.Client, spec *release.Spec,
 		if err != nil {
 			return nil, err
 		}
+		pinUploaded(res.Images, engineID, results)
 	}
 	for _, r := range res.Transfer {
 		if r.Summary != nil {

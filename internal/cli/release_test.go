@@ -180,3 +180,21 @@ func checkLayers(t *testing.T, eng *engine.Client, st *content.Store, id string)
 		}
 	}
 }
+
+// TestPinUploaded: a release pins what the upload registered — the
+// config's digest — also when the engine names the image by its manifest's
+// digest (the containerd image store), where pinning the engine's ID made
+// the server answer 409.
+func TestPinUploaded(t *testing.T) {
+	cfg, manifest := "sha256:"+strings.Repeat("c", 64), "sha256:"+strings.Repeat("e", 64)
+	classic := "sha256:" + strings.Repeat("a", 64)
+	pins := map[string]string{"app:1": manifest, "db:1": classic}
+	engineID := map[string]string{"app:1": manifest, "db:1": classic}
+	pinUploaded(pins, engineID, []pushResult{{Source: "app:1 db:1", Summary: &transfer.Summary{PerImage: []transfer.ImageSummary{
+		{ID: cfg, EngineID: manifest},
+		{ID: classic, EngineID: classic},
+	}}}})
+	if pins["app:1"] != cfg || pins["db:1"] != classic {
+		t.Errorf("pins %v, want app:1 %s, db:1 %s", pins, cfg, classic)
+	}
+}

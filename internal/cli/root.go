@@ -47,7 +47,7 @@ back on failure. The device runs berthd, the agent; this command talks to it.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(
-		newDeploy(version), newStatus(), newRollback(), newReleases(), newLogs(),
+		newDeploy(version), newDev(), newStatus(), newRollback(), newReleases(), newLogs(),
 		newLock(), newUnlock(), newRm(), newPush(), newQuickstart(version),
 		newBuild(), newInstall(), newUninstall(),
 		newServer(), newLogin(), newFleet(), newDevice(), newRelease(), newUser(), newRollout(), newKeys(),

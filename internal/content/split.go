@@ -21,10 +21,24 @@ type PutFunc func(d Digest, data []byte) error
 // Split reads a layer tar and returns its index, calling put for each piece
 // of file content. The diffID is the SHA-256 of the whole stream.
 func Split(r io.Reader, put PutFunc) (*Index, error) {
+	return SplitFiles(r, put, nil)
+}
+
+// File is one file of a layer with content, as it was split.
+type File struct {
+	Name   string
+	Size   int64
+	Pieces []Piece
+}
+
+// SplitFiles is Split that also hands each file with content to file, once
+// put has had all its pieces: a sender can send a layer's first files while
+// the rest is still being read.
+func SplitFiles(r io.Reader, put PutFunc, file func(File) error) (*Index, error) {
 	h := sha256.New()
 	ix := &Index{}
 	in := &countingReader{r: r}
-	sp := &splitter{ix: ix, put: put, in: in}
+	sp := &splitter{ix: ix, put: put, in: in, file: file}
 	tee := io.TeeReader(in, h)
 	out, err := asm.NewInputTarStream(tee, sp, sp)
 	if err != nil {
@@ -61,6 +75,7 @@ type splitter struct {
 	buf     []byte
 	in      *countingReader
 	files   int64 // content bytes of the files before this one
+	file    func(File) error
 }
 
 // countingReader counts the bytes of the layer read so far.
@@ -88,6 +103,11 @@ func (s *splitter) AddEntry(e storage.Entry) (int, error) {
 		entry := Entry{Name: e.GetName(), Size: e.Size, CRC: append([]byte(nil), e.Payload...)}
 		if e.Size > 0 {
 			entry.Pieces, s.pending = s.pending, nil
+			if s.file != nil {
+				if err := s.file(File{Name: entry.Name, Size: entry.Size, Pieces: entry.Pieces}); err != nil {
+					return 0, err
+				}
+			}
 		}
 		s.ix.Entries = append(s.ix.Entries, entry)
 		s.ix.Size += e.Size

@@ -1,8 +1,11 @@
 package content
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -19,6 +22,8 @@ import (
 //
 //	pieces/<2 hex>/<64 hex>   a piece, zstd-compressed
 //	layers/<64 hex>           a layer index (Encode), zstd-compressed
+//	blobs/<64 hex>            a blob kept whole, as it came (a registry's
+//	                          blobs that are neither layers nor pieces)
 //
 // Writes are crash-safe (temp file, fsync, rename); reads verify the digest,
 // and a piece that fails is removed so that it is fetched again.
@@ -39,7 +44,7 @@ const MaxPiece = 16 << 20
 
 // Open opens (creating if needed) a store in dir.
 func Open(dir string) (*Store, error) {
-	for _, d := range []string{"pieces", "layers", "tmp"} {
+	for _, d := range []string{"pieces", "layers", "blobs", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("content store: %w", err)
 		}
@@ -235,6 +240,56 @@ func (s *Store) GetCompressed(d Digest) ([]byte, error) {
 	return z, err
 }
 
+func (s *Store) blobPath(d Digest) string { return filepath.Join(s.dir, "blobs", d.Hex()) }
+
+// PutBlob keeps a blob whole, after checking that its bytes are what d
+// names (durably: temp file, fsync, rename).
+func (s *Store) PutBlob(d Digest, r io.Reader) error {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "blob-*")
+	if err != nil {
+		return noSpace(s.dir, err)
+	}
+	defer os.Remove(f.Name())
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return noSpace(s.dir, err)
+	}
+	if !bytes.Equal(h.Sum(nil), d[:]) {
+		return fmt.Errorf("blob %s: %w", d, ErrCorrupt)
+	}
+	return noSpace(s.dir, os.Rename(f.Name(), s.blobPath(d)))
+}
+
+// OpenBlob opens a blob kept whole; release.ErrNotFound if there is none.
+// Its bytes were checked when it was kept.
+func (s *Store) OpenBlob(d Digest) (io.ReadCloser, error) {
+	f, err := os.Open(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, release.ErrNotFound)
+	}
+	return f, err
+}
+
+// BlobSize is the size of a blob kept whole; release.ErrNotFound if there
+// is none.
+func (s *Store) BlobSize(d Digest) (int64, error) {
+	fi, err := os.Stat(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("blob %s: %w", d, release.ErrNotFound)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
 // PutIndex stores a layer index.
 func (s *Store) PutIndex(ix *Index) error {
 	return s.write(s.layerPath(ix.DiffID), s.enc.EncodeAll(ix.Encode(), nil))
@@ -399,4 +454,52 @@ func noSpace(dir string, err error) error {
 		return fmt.Errorf("content store %s: %v: %w", dir, err, release.ErrNoSpace)
 	}
 	return err
+}
+
+// commitEvery is how many bytes of pieces SplitInto writes between flushes:
+// a sender may send only committed pieces (a receiver asks for them after
+// a crash), so this is what it can lag behind the read.
+const commitEvery = 8 << 20
+
+// SplitInto reads a layer into the store: its pieces, flushed to disk every
+// few MiB, then its index. Each time pieces are flushed, files (if not nil)
+// gets the files whose pieces are now all in the store, in layer order, so
+// that they can be sent on while the rest of the layer is read.
+func (s *Store) SplitInto(r io.Reader, files func([]File) error) (*Index, error) {
+	b := s.Batch()
+	defer b.Abort()
+	var done []File
+	var size int64
+	commit := func() error {
+		if err := b.Commit(); err != nil {
+			return err
+		}
+		b = s.Batch()
+		size = 0
+		if len(done) == 0 || files == nil {
+			done = done[:0]
+			return nil
+		}
+		out := done
+		done = nil
+		return files(out)
+	}
+	put := func(d Digest, data []byte) error {
+		size += int64(len(data))
+		return b.Put(d, data)
+	}
+	ix, err := SplitFiles(r, put, func(f File) error {
+		done = append(done, f)
+		if size >= commitEvery {
+			return commit()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := commit(); err != nil {
+		return nil, err
+	}
+	return ix, s.PutIndex(ix)
 }

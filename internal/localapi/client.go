@@ -267,6 +267,13 @@ func (c *Client) Load(ctx context.Context, req LoadRequest) (*LoadResponse, erro
 	return &r, c.do(ctx, http.MethodPost, "/v1/content/load", req, &r)
 }
 
+// LoadChain asks the device to load a layer stack ahead of its image (an
+// agent older than this call answers 404).
+func (c *Client) LoadChain(ctx context.Context, req LoadChainRequest) (*LoadResponse, error) {
+	var r LoadResponse
+	return &r, c.do(ctx, http.MethodPost, "/v1/content/chains", req, &r)
+}
+
 func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://berthd"+path, bytes.NewReader(body))
 	if err != nil {

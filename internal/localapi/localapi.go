@@ -23,6 +23,10 @@ type DeployRequest struct {
 	// OverrideTTL, on a fleet device, returns the app to its fleet release
 	// that long after this deploy (0: until the next fleet release).
 	OverrideTTL release.Duration `json:"override_ttl,omitempty"`
+	// Settle overrides, for this switch, how long a service without a
+	// healthcheck must run without restarting to count as up (0: the
+	// agent's policy). berth dev sets a short one.
+	Settle release.Duration `json:"settle,omitempty"`
 }
 
 // RollbackRequest asks the agent to switch an app back to a kept release.
@@ -110,6 +114,13 @@ type LoadRequest struct {
 type LoadImage struct {
 	Config []byte   `json:"config"`
 	Tags   []string `json:"tags,omitempty"`
+}
+
+// LoadChainRequest asks the device to load a layer stack (diffIDs bottom
+// first) from its content store ahead of the image it belongs to.
+type LoadChainRequest struct {
+	DiffIDs []string `json:"diff_ids"`
+	Arch    string   `json:"arch,omitempty"`
 }
 
 // LoadResponse says what the engine loaded.

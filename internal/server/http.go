@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-robotics/berth/internal/registry"
 	"github.com/berth-robotics/berth/internal/release"
 	"github.com/berth-robotics/berth/internal/serverapi"
 	"github.com/berth-robotics/berth/internal/store"
@@ -243,8 +244,12 @@ func statusOf(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, errTooMany):
 		return http.StatusTooManyRequests
-	case errors.Is(err, errRange):
+	case errors.Is(err, registry.ErrRange):
 		return http.StatusRequestedRangeNotSatisfiable
+	case errors.Is(err, registry.ErrUnsupported):
+		return http.StatusMethodNotAllowed
+	case errors.Is(err, registry.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, release.ErrInvalid):
 		return http.StatusBadRequest
 	case errors.Is(err, release.ErrNotFound):
@@ -276,7 +281,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		msg = strings.TrimSuffix(msg, ": "+e.Error())
 	}
 	if strings.HasPrefix(r.URL.Path, "/v2/") {
-		writeRegistryError(w, status, err, msg)
+		registry.WriteError(w, status, err, msg)
 		return
 	}
 	switch status {

@@ -429,3 +429,84 @@ func TestRegistryLimits(t *testing.T) {
 		t.Errorf("content after the refusals: %+v, %v", info, err)
 	}
 }
+
+// TestRegistryArtifacts: what BuildKit and other tools push besides images.
+// A provenance attestation (an image config whose one layer is an in-toto
+// statement) and an index of the image and it are taken, the image
+// registered and the attestation not; a blob that is no layer and over
+// 16 MiB (an SBOM) is kept whole and served back; DELETE, which berth's
+// registry does not offer, is 405 as the spec says.
+func TestRegistryArtifacts(t *testing.T) {
+	e := newEnv(t, sqlite, envOptions{})
+	dan := e.user("dan", serverapi.RoleDeployer)
+	img := newPushedImage(t, "robot/app:1", "application/vnd.oci.image.manifest.v1+json", layerTar(t, 1, 20, 0, -1, false))
+	put := func(d string, b []byte) regResp {
+		return e.reg(regReq{method: "POST", path: "/v2/robot/app/blobs/uploads/?digest=" + d, token: dan, body: b})
+	}
+	for _, b := range append([][]byte{img.config}, img.layers...) {
+		if r := put(digestOf(b), b); r.status != 201 {
+			t.Fatalf("blob: %d %s", r.status, r.body)
+		}
+	}
+	mput := func(ref, mt string, body []byte) regResp {
+		return e.reg(regReq{method: "PUT", path: "/v2/robot/app/manifests/" + ref, token: dan, body: body, header: map[string]string{"Content-Type": mt}})
+	}
+	if r := mput(digestOf(img.manifest), "application/vnd.oci.image.manifest.v1+json", img.manifest); r.status != 201 {
+		t.Fatalf("image manifest: %d %s", r.status, r.body)
+	}
+
+	// BuildKit's provenance attestation, as `docker buildx build` pushes it.
+	statement := []byte(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://slsa.dev/provenance/v0.2","subject":[{"name":"robot/app","digest":{"sha256":"` + strings.TrimPrefix(digestOf(img.manifest), "sha256:") + `"}}],"predicate":{"buildType":"https://mobyproject.org/buildkit@v1"}}`)
+	attCfg := fmt.Appendf(nil, `{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[%q]}}`, digestOf(statement))
+	for _, b := range [][]byte{statement, attCfg} {
+		if r := put(digestOf(b), b); r.status != 201 {
+			t.Fatalf("attestation blob: %d %s", r.status, r.body)
+		}
+	}
+	att := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[{"mediaType":"application/vnd.in-toto+json","digest":%q,"size":%d,"annotations":{"in-toto.io/predicate-type":"https://slsa.dev/provenance/v0.2"}}]}`,
+		digestOf(attCfg), len(attCfg), digestOf(statement), len(statement))
+	if r := mput(digestOf(att), "application/vnd.oci.image.manifest.v1+json", att); r.status != 201 {
+		t.Fatalf("a provenance attestation manifest: %d %s", r.status, r.body)
+	}
+	index := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d,"platform":{"os":"linux","architecture":"amd64"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d,"platform":{"os":"unknown","architecture":"unknown"},"annotations":{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":%q}}]}`,
+		digestOf(img.manifest), len(img.manifest), digestOf(att), len(att), digestOf(img.manifest))
+	if r := mput("1", "application/vnd.oci.image.index.v1+json", index); r.status != 201 {
+		t.Fatalf("the index of the image and its attestation: %d %s", r.status, r.body)
+	}
+	_, _, body := e.do("GET", "/v1/content/tags?name=robot/app", dan, nil)
+	var tags []server.PushedTag
+	if err := json.Unmarshal(body, &tags); err != nil || len(tags) != 1 || !cmp.Equal(tags[0].Images, []string{img.ID}) {
+		t.Errorf("tags: %s, want the one image registered", body)
+	}
+
+	// An SBOM of 17 MiB: no layer, too big to be a piece.
+	sbom := bytes.Repeat([]byte(`{"spdxVersion":"SPDX-2.3","name":"a package"},`), 17<<20/46+1)
+	if r := put(digestOf(sbom), sbom); r.status != 201 {
+		t.Fatalf("a 17 MiB blob that is not a layer: %d %s", r.status, r.body)
+	}
+	if r := e.reg(regReq{method: "HEAD", path: "/v2/robot/app/blobs/" + digestOf(sbom), token: dan}); r.status != 200 || r.length != int64(len(sbom)) {
+		t.Errorf("HEAD of the big blob: %d, length %d", r.status, r.length)
+	}
+	if r := e.reg(regReq{method: "GET", path: "/v2/robot/app/blobs/" + digestOf(sbom), token: dan}); r.status != 200 || !bytes.Equal(r.body, sbom) {
+		t.Errorf("GET of the big blob: %d, %d bytes", r.status, len(r.body))
+	}
+	art := fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/spdx+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":%q,"size":2},"layers":[{"mediaType":"application/spdx+json","digest":%q,"size":%d}],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d}}`,
+		digestOf([]byte("{}")), digestOf(sbom), len(sbom), digestOf(img.manifest), len(img.manifest))
+	if r := put(digestOf([]byte("{}")), []byte("{}")); r.status != 201 {
+		t.Fatalf("the empty config: %d %s", r.status, r.body)
+	}
+	if r := mput("sbom", "application/vnd.oci.image.manifest.v1+json", art); r.status != 201 {
+		t.Errorf("an artifact manifest: %d %s", r.status, r.body)
+	}
+
+	// DELETE: 405, and nothing deleted.
+	for _, path := range []string{"/v2/robot/app/blobs/" + digestOf(img.config), "/v2/robot/app/manifests/1", "/v2/robot/app/manifests/" + digestOf(img.manifest)} {
+		r := e.reg(regReq{method: "DELETE", path: path, token: dan})
+		if r.status != 405 || !strings.Contains(string(r.body), "UNSUPPORTED") {
+			t.Errorf("DELETE %s: %d %s, want 405 UNSUPPORTED", path, r.status, r.body)
+		}
+	}
+	if r := e.reg(regReq{method: "HEAD", path: "/v2/robot/app/manifests/1", token: dan}); r.status != 200 {
+		t.Errorf("the tag after a DELETE: %d", r.status)
+	}
+}

@@ -39,10 +39,20 @@ type Summary struct {
 	BytesSent    int64          `json:"bytes_sent"`
 	BytesLoaded  int64          `json:"bytes_loaded"`
 	CacheHit     bool           `json:"cache_hit,omitempty"` // the images came from the sender's cache, not read again
-	SaveSeconds  float64        `json:"save_seconds"`        // the local engine exporting the images (docker save) before the first byte
-	ReadSeconds  float64        `json:"read_seconds"`        // reading, hashing and splitting the layers`
-	SendSeconds  float64        `json:"send_seconds"`
-	LoadSeconds  float64        `json:"load_seconds"`
+	// Source says where the images were read: "engine push" (the local
+	// engine pushed them to berth's loopback endpoint), "docker save",
+	// "cache", or an archive.
+	Source       string `json:"source,omitempty"`
+	Streamed     bool   `json:"streamed,omitempty"`      // pieces went out while the images were read (Stream)
+	PartialLoads int    `json:"partial_loads,omitempty"` // layer stacks the device loaded before the last layer arrived
+	// With Streamed, the phases overlap: the seconds are each from the
+	// push's start to the phase's end (read, send), LoadSeconds is the
+	// device's time loading, DoneSeconds the whole push.
+	DoneSeconds float64 `json:"done_seconds,omitempty"`
+	SaveSeconds float64 `json:"save_seconds"` // the local engine exporting the images (docker save) before the first byte
+	ReadSeconds float64 `json:"read_seconds"` // reading, hashing and splitting the layers`
+	SendSeconds float64 `json:"send_seconds"`
+	LoadSeconds float64 `json:"load_seconds"`
 }
 
 // Add adds o's figures to s (several pushes, one total).
@@ -60,6 +70,12 @@ func (s *Summary) Add(o *Summary) {
 	s.BytesSent += o.BytesSent
 	s.BytesLoaded += o.BytesLoaded
 	s.CacheHit = s.CacheHit || o.CacheHit
+	s.Streamed = s.Streamed || o.Streamed
+	s.PartialLoads += o.PartialLoads
+	s.DoneSeconds += o.DoneSeconds
+	if s.Source == "" {
+		s.Source = o.Source
+	}
 	s.SaveSeconds += o.SaveSeconds
 	s.ReadSeconds += o.ReadSeconds
 	s.SendSeconds += o.SendSeconds
@@ -68,7 +84,8 @@ func (s *Summary) Add(o *Summary) {
 
 // ImageSummary is one image's part of a push.
 type ImageSummary struct {
-	ID           string   `json:"id"`
+	ID           string   `json:"id"`                  // the config's digest: the image's ID on the device
+	EngineID     string   `json:"engine_id,omitempty"` // the local engine's ID, when that is another (containerd image store)
 	Tags         []string `json:"tags,omitempty"`
 	Layers       int      `json:"layers"`
 	LayersNeeded int      `json:"layers_needed"` // layers the device's engine lacked
@@ -442,6 +459,19 @@ func (s *Sender) ask(ctx context.Context, send []*content.Index, known map[conte
 		return nil, nil
 	}
 	s.progress(Progress{Stage: "plan", Message: fmt.Sprintf("asking the device about %d pieces of %d layers", len(asked), len(send))})
+	return s.askRaw(ctx, q, sum)
+}
+
+// askRaw asks the device which of the digests in q (32 bytes each, no
+// repeats) it lacks.
+func (s *Sender) askRaw(ctx context.Context, q []byte, sum *Summary) ([]content.Digest, error) {
+	if len(q) == 0 {
+		return nil, nil
+	}
+	asked := map[content.Digest]bool{}
+	for i := 0; i+32 <= len(q); i += 32 {
+		asked[content.Digest(q[i:i+32])] = true
+	}
 	m, err := s.Device.Missing(ctx, q)
 	if err != nil {
 		return nil, err
@@ -483,8 +513,8 @@ func (s *Sender) heldIndexes(info *localapi.ContentInfo) []*content.Index {
 	return out
 }
 
-// maxSendDelta: larger files go as pieces (the suffix array costs 8 bytes a
-// byte of the old file).
+// maxSendDelta: larger files go as pieces (a delta holds the old and the
+// new file in memory, and its index about the old file's size again).
 const maxSendDelta = 64 << 20
 
 // framer makes frames from the pieces in a store: the sending side of the
@@ -513,43 +543,50 @@ func (s framer) frames(send []*content.Index, missing []content.Digest, held []*
 	}
 	for _, ix := range send {
 		for _, e := range ix.Entries {
-			var want []content.Digest
-			var changed int64
-			for _, p := range e.Pieces {
-				if need[p.Digest] {
-					want = append(want, p.Digest)
-					changed += int64(p.Size)
-				}
+			if err := s.entry(e, byPath[e.Name], need, sum, add); err != nil {
+				return err
 			}
-			if len(want) == 0 {
-				continue
-			}
-			if f, ok := s.deltaFrame(e, byPath[e.Name], want); ok {
-				sum.DeltaFiles++
-				sum.DeltaBytes += int64(len(f.Data))
-				sum.PiecesSent += len(e.Pieces)
-				for _, p := range e.Pieces {
-					delete(need, p.Digest)
-				}
-				if err := add(f, changed); err != nil {
-					return err
-				}
-				continue
-			}
-			for _, p := range e.Pieces {
-				if !need[p.Digest] {
-					continue
-				}
-				data, err := s.Store.Get(p.Digest)
-				if err != nil {
-					return fmt.Errorf("local content cache: %w", err)
-				}
-				sum.PiecesSent++
-				delete(need, p.Digest)
-				if err := add(Frame{Kind: KindRaw, Digest: p.Digest, Data: data}, int64(p.Size)); err != nil {
-					return err
-				}
-			}
+		}
+	}
+	return nil
+}
+
+// entry frames the pieces of one file that need names, as a delta from
+// base (the file's version the device holds, if any) when that is smaller,
+// else raw; the pieces sent leave need.
+func (s framer) entry(e, base content.Entry, need map[content.Digest]bool, sum *Summary, add func(Frame, int64) error) error {
+	var want []content.Digest
+	var changed int64
+	for _, p := range e.Pieces {
+		if need[p.Digest] {
+			want = append(want, p.Digest)
+			changed += int64(p.Size)
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	if f, ok := s.deltaFrame(e, base, want); ok {
+		sum.DeltaFiles++
+		sum.DeltaBytes += int64(len(f.Data))
+		sum.PiecesSent += len(e.Pieces)
+		for _, p := range e.Pieces {
+			delete(need, p.Digest)
+		}
+		return add(f, changed)
+	}
+	for _, p := range e.Pieces {
+		if !need[p.Digest] {
+			continue
+		}
+		data, err := s.Store.Get(p.Digest)
+		if err != nil {
+			return fmt.Errorf("local content cache: %w", err)
+		}
+		sum.PiecesSent++
+		delete(need, p.Digest)
+		if err := add(Frame{Kind: KindRaw, Digest: p.Digest, Data: data}, int64(p.Size)); err != nil {
+			return err
 		}
 	}
 	return nil

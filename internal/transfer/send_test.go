@@ -53,7 +53,13 @@ func (d *storeDevice) Load(context.Context, localapi.LoadRequest) (*localapi.Loa
 // layer makes a tar of n files of random text; edit changes file k.
 func layer(t testing.TB, n, k int) []byte {
 	t.Helper()
-	rng := rand.New(rand.NewSource(1))
+	return layerSeed(t, 1, n, k)
+}
+
+// layerSeed is layer with files of another seed.
+func layerSeed(t testing.TB, seed int64, n, k int) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)
 	for i := 0; i < n; i++ {
@@ -64,7 +70,7 @@ func layer(t testing.TB, n, k int) []byte {
 		if i == k {
 			body = append(body, "one more line\n"...)
 		}
-		hdr := &tar.Header{Name: fmt.Sprintf("lib/f%04d.py", i), Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg}
+		hdr := &tar.Header{Name: fmt.Sprintf("lib%d/f%04d.py", seed, i), Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg}
 		if err := tw.WriteHeader(hdr); err != nil {
 			t.Fatal(err)
 		}
