@@ -228,25 +228,11 @@ func (a *Agent) pin(ctx context.Context, app string, req localapi.DeployRequest)
 	if err := rel.Validate(); err != nil {
 		return nil, fmt.Errorf("release refused, nothing changed: %w", err)
 	}
-	var missing []string
-	for _, name := range sortedNames(rel.Spec.Services) {
-		s := rel.Spec.Services[name]
-		id, err := a.eng.ImageID(ctx, s.Image)
-		if errors.Is(err, release.ErrNotFound) {
-			missing = append(missing, fmt.Sprintf("%s (service %s)", s.Image, name))
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if s.ImageID != "" && s.ImageID != id {
-			return nil, fmt.Errorf("service %s: image %s is %s on the device, not %s as pinned: %w", name, s.Image, release.ShortID(id), release.ShortID(s.ImageID), release.ErrConflict)
-		}
-		s.ImageID = id
-		rel.Spec.Services[name] = s
+	if _, err := a.resolveImages(ctx, &rel.Spec, false); err != nil {
+		return nil, err
 	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("images not on the device's engine: %s; nothing changed; load them first (docker load, or berth push): %w", strings.Join(missing, ", "), release.ErrNotFound)
+	if err := rel.Spec.Bind(); err != nil {
+		return nil, err
 	}
 	rel.Seal()
 	return rel, nil
@@ -297,6 +283,9 @@ func (a *Agent) resolveKept(rec appRecord, id string) string {
 
 func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTimeout time.Duration, orig origin) (*localapi.OpResponse, error) {
 	if err := a.preflightDisk(); err != nil {
+		return nil, err
+	}
+	if err := a.preflightEngine(a.ctx, rel); err != nil {
 		return nil, err
 	}
 	o, err := a.begin(app, kind, rel.ID, rel.Version)

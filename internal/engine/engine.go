@@ -79,6 +79,7 @@ type Info struct {
 	APIVersion string
 	Arch       string
 	RootDir    string
+	Runtimes   []string // the OCI runtimes the engine knows (runc, nvidia, …), sorted
 }
 
 // Info asks the engine who it is.
@@ -91,7 +92,12 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("engine info: %w", err)
 	}
-	return Info{Version: v.Version, APIVersion: c.api.ClientVersion(), Arch: v.Arch, RootDir: i.DockerRootDir}, nil
+	var runtimes []string
+	for r := range i.Runtimes {
+		runtimes = append(runtimes, r)
+	}
+	sort.Strings(runtimes)
+	return Info{Version: v.Version, APIVersion: c.api.ClientVersion(), Arch: v.Arch, RootDir: i.DockerRootDir, Runtimes: runtimes}, nil
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_-]+`)

@@ -25,6 +25,19 @@ type DeployRequest struct {
 	OverrideTTL release.Duration `json:"override_ttl,omitempty"`
 }
 
+// PlanResponse is what a deploy would do, answered without changing
+// anything (berth deploy --dry-run).
+type PlanResponse struct {
+	App     string   `json:"app"`
+	Version string   `json:"version"`
+	Release string   `json:"release,omitempty"` // the release ID it would make; "" while images are still to be pulled
+	Current string   `json:"current,omitempty"` // the release that runs now
+	Pulls   []string `json:"pulls,omitempty"`   // images the agent would pull first
+	Steps   []string `json:"steps,omitempty"`   // the switch, one step a line; none when nothing would change
+	// NoChange: the release already runs.
+	NoChange bool `json:"no_change"`
+}
+
 // RollbackRequest asks the agent to switch an app back to a kept release.
 type RollbackRequest struct {
 	Release string `json:"release,omitempty"` // default: the release before the current one
