@@ -320,7 +320,14 @@ func (c *Client) EnsureNetwork(ctx context.Context, app, name string, n release.
 	for k, v := range n.Labels {
 		labels[k] = v
 	}
-	_, err = c.api.NetworkCreate(ctx, engineName, network.CreateOptions{Driver: n.Driver, Internal: n.Internal, Options: n.DriverOpts, Labels: labels})
+	opts := network.CreateOptions{Driver: n.Driver, Internal: n.Internal, Options: n.DriverOpts, Labels: labels, EnableIPv6: n.EnableIPv6, Attachable: n.Attachable}
+	if ip := n.IPAM; ip != nil {
+		opts.IPAM = &network.IPAM{Driver: ip.Driver, Options: ip.Options}
+		for _, p := range ip.Config {
+			opts.IPAM.Config = append(opts.IPAM.Config, network.IPAMConfig{Subnet: p.Subnet, Gateway: p.Gateway, IPRange: p.IPRange, AuxAddress: p.AuxAddresses})
+		}
+	}
+	_, err = c.api.NetworkCreate(ctx, engineName, opts)
 	if err != nil && !errdefs.IsConflict(err) {
 		return fmt.Errorf("create network %s: %w", engineName, err)
 	}
