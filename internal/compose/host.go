@@ -33,7 +33,9 @@ func hostSettings(name string, s types.ServiceConfig, out *release.Service, srcs
 	out.PullPolicy = s.PullPolicy
 	switch s.PullPolicy {
 	case types.PullPolicyMissing, types.PullPolicyIfNotPresent:
-		out.PullPolicy = "" // the default: the engine's image, pulled only when it lacks it
+		// kept: berth's default (unset) pulls nothing, the laptop or the
+		// server sends the images; missing pulls what was not sent
+		out.PullPolicy = release.PullMissing
 	case types.PullPolicyAlways, types.PullPolicyNever, types.PullPolicyBuild, "":
 	default:
 		if _, _, err := s.GetPullPolicy(); err != nil {
