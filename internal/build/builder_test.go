@@ -87,7 +87,7 @@ func TestChooseBuilders(t *testing.T) {
 			if tt.targets != nil {
 				p.Targets = tt.targets
 			}
-			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer, noSessions: tt.noSess}, &p, tt.want)
+			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer, noSessions: tt.noSess}, &p, tt.want, false)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("err %v, want %q", err, tt.err)
