@@ -61,10 +61,22 @@ type op struct {
 	origin origin
 }
 
-// origin says where an operation comes from, for the fleet bookkeeping.
+// origin says where an operation comes from, for the fleet bookkeeping:
+// the fleet release it switches to with the generation of its assignment,
+// or the LAN override it makes on a fleet device. A switch under way keeps
+// it in its app record (appRecord.TargetOrigin) for a restart to read.
 type origin struct {
-	fleet    string
-	override *release.Override
+	Fleet      string            `json:"fleet,omitempty"`
+	Generation int64             `json:"generation,omitempty"`
+	Override   *release.Override `json:"override,omitempty"`
+}
+
+// of names a release for people: its fleet release ID on a fleet device.
+func (o origin) of(deviceID string) string {
+	if o.Fleet != "" {
+		return o.Fleet
+	}
+	return deviceID
 }
 
 // New prepares an agent. Call Run to recover and serve.
@@ -314,8 +326,8 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 		return fail(err)
 	}
 	if steps == nil && rec.Current == rel.ID {
-		if rec.FleetRelease != orig.fleet || rec.Override != orig.override {
-			rec.FleetRelease, rec.Override = orig.fleet, orig.override
+		if rec.FleetRelease != orig.Fleet || rec.Override != orig.Override || rec.Generation != orig.Generation {
+			rec.FleetRelease, rec.Override, rec.Generation = orig.Fleet, orig.Override, orig.Generation
 			if err := a.store.saveRecord(app, rec); err != nil {
 				return fail(err)
 			}
@@ -330,6 +342,7 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 		return fail(fmt.Errorf("the record of the running release %s is unreadable (%v), so a failed switch could not go back to it; nothing changed; berth rm --app %s and deploy again, or restore %s: %w", release.ShortID(rec.Current), err, app, a.store.appDir(app), release.ErrConflict))
 	}
 	rec.Target = rel.ID
+	rec.TargetOrigin = &orig
 	rec.Phase = release.PhasePreflight
 	if err := a.store.saveRecord(app, rec); err != nil {
 		return fail(err)
@@ -365,7 +378,7 @@ func (a *Agent) runSwitch(o *op, from, rel *release.Release, steps []reconcile.S
 		a.committed(o, rel, err)
 		return
 	}
-	a.rollBack(o, from, rel, err)
+	a.rollBack(o, from, rel, err, false)
 }
 
 // committed records rel as app's current release; warning is a cleanup
@@ -381,10 +394,11 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 		rec.Error = warning.Error()
 	}
 	delete(rec.Failed, rel.ID)
-	rec.FleetRelease, rec.Override = o.origin.fleet, o.origin.override
-	if o.origin.fleet != "" {
-		rec.FleetFailed, rec.FleetRefused = "", ""
+	rec.FleetRelease, rec.Override, rec.Generation = o.origin.Fleet, o.origin.Override, o.origin.Generation
+	if o.origin.Fleet != "" {
+		rec.clearFleetVerdict()
 	}
+	rec.TargetOrigin, rec.Interrupted = nil, nil
 	kept := []string{rel.ID}
 	for _, k := range rec.Kept {
 		if k != rel.ID {
@@ -412,15 +426,20 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 }
 
 // rollBack brings app back to from after a failed switch to failed.
-func (a *Agent) rollBack(o *op, from, failed *release.Release, cause error) {
+// interrupted says the switch was cut short by a berthd restart: not the
+// release's fault, so it is not recorded as failed (unless that keeps
+// happening: maxInterrupted).
+func (a *Agent) rollBack(o *op, from, failed *release.Release, cause error, interrupted bool) {
 	app := failed.App
 	reason := cause.Error()
 	locked := errors.Is(cause, release.ErrLocked)
+	name := release.ShortID(o.origin.of(failed.ID))
 	if from != nil && from.ID == failed.ID {
 		// A redeploy of the running release to repair it: there is nothing
 		// older to go back to, and the release itself is not to blame.
 		rec, _ := a.store.record(app)
-		rec.Phase, rec.Error = release.PhaseFailed, fmt.Sprintf("repair of release %s (%s) failed: %s", release.ShortID(failed.ID), failed.Version, reason)
+		rec.Phase, rec.Error = release.PhaseFailed, fmt.Sprintf("repair of release %s (%s) failed: %s", name, failed.Version, reason)
+		rec.TargetOrigin = nil
 		a.saveThenClear(app, rec, true)
 		a.emit(localapi.Event{Op: o.id, App: app, Release: failed.ID, Phase: rec.Phase, Message: rec.Error, Error: reason, Done: true})
 		return
@@ -432,7 +451,7 @@ func (a *Agent) rollBack(o *op, from, failed *release.Release, cause error) {
 	}
 	a.emit(localapi.Event{Op: o.id, App: app, Release: failed.ID, Phase: release.PhaseRollingBack, Message: "switch failed; rolling back to " + to, Error: reason})
 	var err error
-	for attempt, wait := range []time.Duration{0, 2 * time.Second, 5 * time.Second, 15 * time.Second} {
+	for attempt, wait := range rollbackWaits {
 		if a.sleep(a.ctx, wait) != nil {
 			return // shutting down: the journal stays, the next start finishes the rollback
 		}
@@ -446,32 +465,52 @@ func (a *Agent) rollBack(o *op, from, failed *release.Release, cause error) {
 	}
 	rec, _ := a.store.record(app)
 	rec.Target = failed.ID
+	if interrupted {
+		if rec.Interrupted == nil {
+			rec.Interrupted = map[string]int{}
+		}
+		rec.Interrupted[failed.ID]++
+		if rec.Interrupted[failed.ID] >= maxInterrupted {
+			reason = fmt.Sprintf("%s; berthd stopped during %d switches to this release in a row, so it is not tried again on its own (see berthd's log)", reason, rec.Interrupted[failed.ID])
+			interrupted = false
+		}
+	}
 	if err != nil {
 		rec.Phase = release.PhaseFailed
-		rec.Error = fmt.Sprintf("switch to %s failed: %s; then the rollback to %s failed too: %v; the app may run a mix of releases; berthd retries at its next start; see berth status, and try berth rollback --app %s", release.ShortID(failed.ID), reason, to, err, app)
+		rec.Error = fmt.Sprintf("switch to %s failed: %s; then the rollback to %s failed too: %v; the app may run a mix of releases; berthd retries at its next start; see berth status, and try berth rollback --app %s", name, reason, to, err, app)
 	} else {
 		rec.Phase = release.PhaseRolledBack
-		rec.Error = fmt.Sprintf("release %s (%s) was rolled back: %s", release.ShortID(failed.ID), failed.Version, reason)
+		rec.Error = fmt.Sprintf("release %s (%s) was rolled back: %s", name, failed.Version, reason)
 		if locked {
 			rec.Error = reason
 		}
 		if from == nil {
 			rec.Phase = release.PhaseFailed
-			rec.Error = fmt.Sprintf("release %s (%s) failed and was removed (there was no earlier release): %s", release.ShortID(failed.ID), failed.Version, reason)
+			rec.Error = fmt.Sprintf("release %s (%s) failed and was removed (there was no earlier release): %s", name, failed.Version, reason)
 		}
 	}
-	if !locked {
+	if !locked && !interrupted {
 		if rec.Failed == nil {
 			rec.Failed = map[string]string{}
 		}
 		rec.Failed[failed.ID] = reason
-		if o.origin.fleet != "" {
-			rec.FleetFailed = o.origin.fleet
+		if o.origin.Fleet != "" {
+			rec.clearFleetVerdict()
+			rec.FleetFailed, rec.FleetReason, rec.FleetGeneration = o.origin.Fleet, rec.Error, o.origin.Generation
 		}
 	}
+	rec.TargetOrigin = nil
 	a.saveThenClear(app, rec, err == nil)
 	a.emit(localapi.Event{Op: o.id, App: app, Release: failed.ID, Phase: rec.Phase, Message: rec.Error, Error: reason, Done: true})
 }
+
+// rollbackWaits are the pauses before each attempt of a rollback.
+var rollbackWaits = []time.Duration{0, 2 * time.Second, 5 * time.Second, 15 * time.Second}
+
+// maxInterrupted is how many switches to one release a berthd restart may
+// cut short before the release counts as failed (it may be what brings
+// berthd down: a load that exhausts the device, say).
+const maxInterrupted = 3
 
 // saveThenClear saves the app record and then, if done, clears the journal:
 // in that order, so a crash between the two replays the journal rather than
@@ -512,9 +551,19 @@ func (a *Agent) restore(ctx context.Context, app string, target *release.Release
 	var cleanup *reconcile.CleanupError
 	if errors.As(err, &cleanup) {
 		a.log.Warn("rollback done, cleanup incomplete", "app", app, "error", err)
-		return nil
+		err = nil
 	}
-	return err
+	if err != nil || target == nil {
+		return err
+	}
+	// What the plan took for running may have stopped since it looked (a
+	// stop the engine was still carrying out): a rollback is done only
+	// when the release it restores runs.
+	observed, err = a.eng.Containers(ctx, app)
+	if err != nil {
+		return err
+	}
+	return reconcile.Restored(target, observed)
 }
 
 // Recover finishes or undoes what a previous run left half done, app by app:
@@ -562,6 +611,7 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 		return err
 	}
 	o := &op{kind: "recovery"}
+	a.finishInFlight(ctx, app, j)
 	switch {
 	case j.Op == "switch" && j.Step.Kind == reconcile.KindCommit:
 		// The new release had passed verification: finish the commit.
@@ -571,6 +621,9 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 		}
 		if err := a.runner(true, 0).Apply(ctx, "switch", nil, rel, []reconcile.Step{{Kind: reconcile.KindCommit}}, journal{a}, nil); err != nil {
 			return err
+		}
+		if rec.TargetOrigin != nil && rec.Target == j.To {
+			o.origin = *rec.TargetOrigin
 		}
 		a.emit(localapi.Event{App: app, Release: rel.ID, Phase: release.PhaseIdle, Message: "berthd restarted during the commit of " + release.ShortID(rel.ID) + "; finished it"})
 		a.committed(o, rel, nil)
@@ -584,8 +637,15 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 		if to == nil {
 			to = &release.Release{App: app, ID: j.To}
 		}
-		cause := fmt.Errorf("berthd stopped during the switch (at step %d: %s); deploy again to retry", j.Index+1, j.Step)
-		a.rollBack(o, from, to, cause)
+		if rec.TargetOrigin != nil && rec.Target == j.To {
+			o.origin = *rec.TargetOrigin
+		}
+		again := "deploy again to retry"
+		if o.origin.Fleet != "" {
+			again = "the fleet agent tries it again"
+		}
+		cause := fmt.Errorf("berthd stopped during the switch (at step %d: %s); %s", j.Index+1, j.Step, again)
+		a.rollBack(o, from, to, cause, true)
 		return nil
 	case j.Op == "rollback":
 		var target *release.Release
@@ -621,9 +681,36 @@ func (a *Agent) recoverApp(ctx context.Context, app string, j *reconcile.Entry) 
 	return fmt.Errorf("journal names unknown operation %q", j.Op)
 }
 
+// finishInFlight waits for the engine to finish the step the journal names,
+// if the engine may still be at it without berthd. Only a stop lasts: the
+// engine goes on stopping a container whose stop berthd asked for before
+// it died, for up to its grace period, and then kills it. Planned before
+// then, a rollback would count that container as running and leave it to
+// die. So the stop is asked for again, which returns once the container is
+// down; the plan then starts it again.
+func (a *Agent) finishInFlight(ctx context.Context, app string, j *reconcile.Entry) {
+	if j.Step.Kind != reconcile.KindStop || j.Step.Container == "" {
+		return
+	}
+	grace := time.Duration(0) // the container's own stop timeout
+	for _, id := range []string{j.From, j.To} {
+		if r, _ := a.store.release(app, id); r != nil {
+			if g := r.Spec.Services[j.Step.Service].StopGracePeriod.D(); g > grace {
+				grace = g
+			}
+		}
+	}
+	a.emit(localapi.Event{App: app, Phase: release.PhaseRollingBack, Message: fmt.Sprintf("berthd restarted while the engine was stopping %s container %s; waiting for that stop to end before going on", j.Step.Service, release.ShortID(j.Step.Container))})
+	if err := a.eng.Stop(ctx, j.Step.Container, grace); err != nil {
+		a.log.Warn("finish the interrupted stop", "app", app, "container", release.ShortID(j.Step.Container), "error", err)
+	}
+}
+
 // Remove removes app's containers and networks (and its volumes if asked)
-// and forgets its releases.
-func (a *Agent) Remove(ctx context.Context, app string, volumes bool) (*localapi.RemoveResponse, error) {
+// and forgets its releases. On a fleet device, an app of the fleet target
+// that is removed stays removed, as an override by whom asks (by), until
+// the app is assigned again (berth device reclaim): its record says so.
+func (a *Agent) Remove(ctx context.Context, app string, volumes bool, by string) (*localapi.RemoveResponse, error) {
 	if !release.ValidName(app) {
 		return nil, fmt.Errorf("app name %q: %w", app, release.ErrInvalid)
 	}
@@ -642,7 +729,19 @@ func (a *Agent) Remove(ctx context.Context, app string, volumes bool) (*localapi
 	}
 	defer a.end(app, o)
 	// A removal, once started, finishes even if the client goes away.
-	return a.remove(context.WithoutCancel(ctx), app, volumes)
+	resp, err := a.remove(context.WithoutCancel(ctx), app, volumes)
+	if err != nil {
+		return resp, err
+	}
+	if orig := a.lanOrigin(app, by, 0); orig.Override != nil {
+		orig.Override.Removed = true
+		rec := appRecord{Phase: release.PhaseIdle, Override: orig.Override, Error: fmt.Sprintf("removed over the LAN by %s; the fleet release returns when the app is assigned again (berth device reclaim)", orig.Override.By)}
+		if err := a.store.saveRecord(app, rec); err != nil {
+			return resp, fmt.Errorf("the app is removed, but berthd could not record that it stays removed (%v): the fleet release may come back at once", err)
+		}
+		a.emit(localapi.Event{App: app, Phase: release.PhaseIdle, Message: rec.Error})
+	}
+	return resp, nil
 }
 
 func (a *Agent) remove(ctx context.Context, app string, volumes bool) (*localapi.RemoveResponse, error) {
@@ -699,7 +798,8 @@ func (a *Agent) State(ctx context.Context) (*release.CurrentState, error) {
 			return nil, err
 		}
 		as := release.AppState{Release: rec.Current, Phase: rec.Phase, Error: rec.Error, Target: rec.Target, Updated: rec.Updated, Services: map[string]release.ServiceState{},
-			FleetRelease: rec.FleetRelease, FleetFailed: rec.FleetFailed, Override: rec.Override}
+			FleetRelease: rec.FleetRelease, FleetFailed: rec.FleetFailed, FleetRefused: rec.FleetRefused, FleetReason: rec.FleetReason,
+			FleetGeneration: rec.FleetGeneration, Generation: rec.Generation, Override: rec.Override}
 		if as.Phase == "" {
 			as.Phase = release.PhaseIdle
 		}

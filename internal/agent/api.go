@@ -148,7 +148,7 @@ func (a *Agent) Handler() http.Handler {
 		reply(w, map[string]bool{"unlocked": true}, a.Unlock(r.PathValue("app")))
 	})
 	mux.HandleFunc("DELETE /v1/apps/{app}", func(w http.ResponseWriter, r *http.Request) {
-		resp, err := a.Remove(r.Context(), r.PathValue("app"), r.URL.Query().Get("volumes") == "true")
+		resp, err := a.Remove(r.Context(), r.PathValue("app"), r.URL.Query().Get("volumes") == "true", r.URL.Query().Get("by"))
 		reply(w, resp, err)
 	})
 	mux.HandleFunc("GET /v1/apps/{app}/logs", a.serveLogs)

@@ -65,31 +65,49 @@ type fleet struct {
 	keys []signing.PublicKey
 }
 
-// inTarget reports whether app is in the device's fleet target.
-func (f *fleet) inTarget(app string) bool {
+// inTarget reports whether app is in the device's fleet target, and the
+// generation of its assignment there.
+func (f *fleet) inTarget(app string) (bool, int64) {
 	if f == nil {
-		return false
+		return false, 0
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.target != nil && f.target.Apps[app] != nil
+	if f.target == nil || f.target.Apps[app] == nil {
+		return false, 0
+	}
+	return true, f.target.Generations[app]
+}
+
+// overrideHolds reports whether a LAN override still stands in for the
+// fleet release of an app assigned at generation gen: its TTL has not run
+// out, and the app was not assigned again since it was made.
+func overrideHolds(o *release.Override, gen int64, now time.Time) bool {
+	if o == nil {
+		return false
+	}
+	if o.Until != nil && !now.Before(*o.Until) {
+		return false
+	}
+	return gen == 0 || o.Generation >= gen
 }
 
 // lanOrigin is the origin of a deploy through the local API: on a fleet
 // device, for an app of its fleet target, a local override.
 func (a *Agent) lanOrigin(app, by string, ttl time.Duration) origin {
-	if !a.fleet.inTarget(app) {
+	in, gen := a.fleet.inTarget(app)
+	if !in {
 		return origin{}
 	}
 	if by == "" {
 		by = "the local API"
 	}
-	o := &release.Override{By: by, Since: a.now().UTC()}
+	o := &release.Override{By: by, Since: a.now().UTC(), Generation: gen}
 	if ttl > 0 {
 		until := o.Since.Add(ttl)
 		o.Until = &until
 	}
-	return origin{override: o}
+	return origin{Override: o}
 }
 
 // runFleet is fleet mode's loop: register, then follow the target until ctx
@@ -111,15 +129,16 @@ func (a *Agent) runFleet(ctx context.Context) {
 			return
 		}
 	}
+	var workers sync.WaitGroup // they use cl: closed after them
 	defer cl.Close()
-	a.wg.Add(1)
+	defer workers.Wait()
+	workers.Add(2)
 	go func() {
-		defer a.wg.Done()
+		defer workers.Done()
 		a.reportLoop(ctx, cl)
 	}()
-	a.wg.Add(1)
 	go func() {
-		defer a.wg.Done()
+		defer workers.Done()
 		a.runLogs(ctx, cl)
 	}()
 	var known int64
@@ -247,7 +266,7 @@ func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *server
 	sort.Strings(apps)
 	done := true
 	for _, app := range apps {
-		ok, err := a.applyApp(ctx, cl, t.Apps[app], t.Signatures[app])
+		ok, err := a.applyApp(ctx, cl, t.Apps[app], t.Signatures[app], t.Generations[app])
 		if err != nil {
 			a.log.Warn("fleet: app not switched yet; retrying", "app", app, "error", err)
 		}
@@ -256,7 +275,7 @@ func (a *Agent) applyTarget(ctx context.Context, cl *serverapi.Client, t *server
 	return done
 }
 
-func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release, sig serverapi.Signature) (bool, error) {
+func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.Release, sig serverapi.Signature, gen int64) (bool, error) {
 	app := fr.App
 	if a.busy(app) {
 		// A switch under way (to an earlier target, or a LAN deploy):
@@ -269,13 +288,22 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	if err != nil {
 		return false, err
 	}
-	if rec.Override != nil && (rec.Override.Until == nil || a.now().Before(*rec.Override.Until)) {
-		return true, nil // a LAN deploy stands in for the fleet release
+	if overrideHolds(rec.Override, gen, a.now()) {
+		return true, nil // a LAN deploy or removal stands in for the fleet release
+	}
+	if rec.Override != nil {
+		// Its TTL ran out, or the app was assigned again: the fleet
+		// release runs again.
+		a.emit(localapi.Event{App: app, Phase: phaseOr(rec.Phase), Message: fmt.Sprintf("the LAN override by %s ends (%s); returning to the fleet release %s", rec.Override.By, overrideEnd(rec.Override, gen, a.now()), release.ShortID(fr.ID))})
+		rec.Override, rec.FleetRelease = nil, ""
+		if err := a.store.saveRecord(app, rec); err != nil {
+			return false, err
+		}
 	}
 	if refused, err := a.checkSigned(ctx, cl, fr, sig); err != nil {
 		return false, err
 	} else if refused != nil {
-		return true, a.refuse(app, fr, refused) // not retried: the next target may be signed
+		return true, a.refuse(app, fr, gen, refused) // judged again at the next target: it may be signed then
 	}
 	req := localapi.DeployRequest{Version: fr.Version, Spec: fr.Spec}
 	if err := a.fetchImages(ctx, cl, fr); err != nil {
@@ -288,25 +316,33 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 	// The same fleet release with other environment layers is another
 	// release here (its ID seals the merged spec).
 	if rel.ID == rec.Current && rec.FleetRelease == fr.ID && rec.Override == nil {
-		if rec.FleetRefused != "" { // back on the release that runs: the refusal is over
-			rec.FleetRefused, rec.Error = "", ""
+		// It runs its target: whatever the device said of another
+		// release (a refusal, an aborted rollout's failure) is over.
+		if rec.FleetFailed != "" || rec.FleetRefused != "" || rec.Generation != gen || rec.Target != rec.Current {
+			rec.clearFleetVerdict()
+			rec.Generation = gen
+			if rec.Phase.AtRest() && rec.Target != rec.Current {
+				// The last operation was about another release (a
+				// rollback that an aborted rollout followed up on):
+				// its outcome is history now.
+				rec.Phase, rec.Error, rec.Target = release.PhaseIdle, "", rec.Current
+			}
 			if err := a.store.saveRecord(app, rec); err != nil {
 				return false, err
 			}
+			a.emit(localapi.Event{App: app, Release: rel.ID, Phase: rec.Phase, Message: fmt.Sprintf("release %s (%s) runs, as the fleet assigns", release.ShortID(fr.ID), fr.Version)})
 		}
 		return true, nil
 	}
-	if why, failed := rec.Failed[rel.ID]; failed {
-		if rec.FleetFailed != fr.ID {
-			rec.FleetFailed = fr.ID
-			if err := a.store.saveRecord(app, rec); err != nil {
-				return false, err
-			}
-		}
-		a.log.Info("fleet: release failed here before; not retried", "app", app, "release", release.ShortID(fr.ID), "reason", why)
+	// A release that failed here is not tried again under the assignment
+	// it failed under, whatever else changes (environment layers make
+	// another release here, but not another verdict): a newer one (an
+	// assignment, a rollout, berth device retry) tries it again.
+	if rec.FleetFailed == fr.ID && (rec.FleetGeneration >= gen && gen > 0 || gen == 0 && rec.Failed[rel.ID] != "") {
+		a.log.Info("fleet: release failed here before; not retried under the same assignment", "app", app, "release", release.ShortID(fr.ID), "generation", gen, "reason", rec.FleetReason)
 		return true, nil
 	}
-	_, err = a.start(app, "deploy", rel, false, 0, origin{fleet: fr.ID})
+	_, err = a.start(app, "deploy", rel, false, 0, origin{Fleet: fr.ID, Generation: gen})
 	if errors.Is(err, release.ErrConflict) {
 		return false, err // busy with another operation: next round
 	}
@@ -373,18 +409,20 @@ func sameButEnv(a, b release.Spec) bool {
 	return x != nil && bytes.Equal(x, y)
 }
 
-// refuse records that the fleet release fr of app is not run here, and why:
-// the app's state shows it, and whatever runs keeps running.
-func (a *Agent) refuse(app string, fr *release.Release, why error) error {
+// refuse records that the fleet release fr of app, assigned at generation
+// gen, is not run here, and why: the app's state shows it, and whatever
+// runs keeps running.
+func (a *Agent) refuse(app string, fr *release.Release, gen int64, why error) error {
 	msg := fmt.Sprintf("release %s (%s) is not signed by a trusted key (%v); nothing changed: sign it with berth release create --sign-key, with a key this device trusts", release.ShortID(fr.ID), fr.Version, why)
 	rec, err := a.store.record(app)
 	if err != nil {
 		return err
 	}
-	if rec.Error == msg {
+	if rec.Error == msg && rec.FleetRefused == fr.ID && rec.FleetGeneration == gen {
 		return nil
 	}
-	rec.Error, rec.FleetRefused, rec.Updated = msg, fr.ID, a.now().UTC()
+	rec.clearFleetVerdict()
+	rec.Error, rec.FleetRefused, rec.FleetReason, rec.FleetGeneration = msg, fr.ID, msg, gen
 	if err := a.store.saveRecord(app, rec); err != nil {
 		return err
 	}
@@ -461,16 +499,19 @@ func (a *Agent) overrideExpired() bool {
 	}
 	for _, app := range apps {
 		rec, err := a.store.record(app)
-		if err == nil && rec.Override != nil && rec.Override.Until != nil && !a.now().Before(*rec.Override.Until) && a.fleet.inTarget(app) {
-			rec.Override = nil
-			rec.FleetRelease = "" // run the fleet release again
-			if a.store.saveRecord(app, rec) == nil {
-				a.log.Info("fleet: local override expired; returning to the fleet release", "app", app)
-				return true
-			}
+		if in, gen := a.fleet.inTarget(app); err == nil && in && rec.Override != nil && !overrideHolds(rec.Override, gen, a.now()) {
+			return true // applyApp ends it
 		}
 	}
 	return false
+}
+
+// overrideEnd says why an override that no longer holds ended.
+func overrideEnd(o *release.Override, gen int64, now time.Time) string {
+	if o.Until != nil && !now.Before(*o.Until) {
+		return "its TTL ran out at " + o.Until.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("the app was assigned again (generation %d)", gen)
 }
 
 // reportLoop sends the device's state to the server after every change
@@ -521,6 +562,24 @@ func (a *Agent) reportLoop(ctx context.Context, cl *serverapi.Client) {
 	for {
 		select {
 		case <-ctx.Done():
+			// berthd stops: say so, so that the server shows the device
+			// offline at once rather than after three poll intervals.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			defer cancel()
+			// A report just before may make the server ask it to wait
+			// (429): it tries again while the time allows.
+			if st, err := a.State(sctx); err == nil {
+				now := a.now().UTC()
+				st.Stopped = &now
+				for {
+					if _, err = rep.Report(sctx, *st); err == nil || !pause(sctx, 500*time.Millisecond) {
+						break
+					}
+				}
+				if err != nil {
+					a.log.Info("fleet: could not tell the server that berthd stops", "error", err)
+				}
+			}
 			return
 		case <-changed:
 			if !pause(ctx, time.Second) { // let a burst of events settle

@@ -25,14 +25,30 @@ type appRecord struct {
 	Error   string            `json:"error,omitempty"`
 	Target  string            `json:"target,omitempty"` // the release last asked for
 	Updated time.Time         `json:"updated"`
-	// Fleet mode: the fleet release that runs, the one that last failed
-	// here, and a LAN deploy standing in for the fleet release.
+	// Fleet mode: the fleet release that runs with the generation of its
+	// assignment, and a LAN deploy or removal standing in for it.
 	FleetRelease string            `json:"fleet_release,omitempty"`
-	FleetFailed  string            `json:"fleet_failed,omitempty"`
+	Generation   int64             `json:"generation,omitempty"`
 	Override     *release.Override `json:"override,omitempty"`
-	// FleetRefused is the fleet release last refused as not signed by a
-	// trusted key; Error says why until the app's target runs again.
-	FleetRefused string `json:"fleet_refused,omitempty"`
+	// The device's last word on a fleet release it does not run: rolled
+	// back here (FleetFailed) or refused as not signed by a trusted key
+	// (FleetRefused), why, and under which assignment generation. It is
+	// tried again only under a newer one (release.AppState says the same).
+	FleetFailed     string `json:"fleet_failed,omitempty"`
+	FleetRefused    string `json:"fleet_refused,omitempty"`
+	FleetReason     string `json:"fleet_reason,omitempty"`
+	FleetGeneration int64  `json:"fleet_generation,omitempty"`
+	// TargetOrigin is where the switch to Target comes from while it is
+	// under way, so that a restart books its outcome as the switch would.
+	TargetOrigin *origin `json:"target_origin,omitempty"`
+	// Interrupted counts, by release, switches a berthd restart cut short
+	// (rolled back without blaming the release); a commit clears it.
+	Interrupted map[string]int `json:"interrupted,omitempty"`
+}
+
+// clearFleetVerdict forgets the device's last word on a fleet release.
+func (r *appRecord) clearFleetVerdict() {
+	r.FleetFailed, r.FleetRefused, r.FleetReason, r.FleetGeneration = "", "", "", 0
 }
 
 // store keeps apps, releases and journals under the state directory.

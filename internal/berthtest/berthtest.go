@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -371,6 +372,24 @@ func (d *Device) Kill(t testing.TB) {
 	}
 	_ = d.cmd.Process.Kill()
 	<-d.done
+	d.log.Close()
+	d.cmd = nil
+}
+
+// Stop stops berthd with SIGTERM, as a service manager would, and waits
+// for it to exit (killing it after 30 s).
+func (d *Device) Stop(t testing.TB) {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("berthd %s did not stop within 30 s of SIGTERM; killed", d.Name)
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
 	d.log.Close()
 	d.cmd = nil
 }

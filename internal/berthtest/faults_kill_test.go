@@ -13,10 +13,12 @@ import (
 	"github.com/berth-robotics/berth/internal/release"
 )
 
-// killApp is web (a named volume, a published port, a healthcheck) and a
-// worker whose image, update strategy and health vary from one switch to the
-// next; unhealthy makes the new web fail its healthcheck, so the switch
-// rolls back.
+// killApp is web (a named volume, a published port, a healthcheck, and a
+// slow stop: it ignores SIGTERM, so the engine stops it only when its 3 s
+// grace period ends, as many real programs make it do) and a worker whose
+// image, update strategy and health vary from one switch to the next;
+// unhealthy makes the new web fail its healthcheck, so the switch rolls
+// back.
 func killApp(port, version, workerImage, strategy string, unhealthy bool) string {
 	bad := ""
 	if unhealthy {
@@ -26,6 +28,8 @@ func killApp(port, version, workerImage, strategy string, unhealthy bool) string
 services:
   web:
     image: ${IMG_A}
+    command: ["-ignore-term"]
+    stop_grace_period: 3s
     environment:
       VERSION: "%[1]s"
       DATA_DIR: /data

@@ -188,7 +188,57 @@ its next target, without rebuilding any image.`,
 	tag.Flags().StringSliceVar(&remove, "remove", nil, "tags to remove")
 	tag.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
-	c.AddCommand(list, show, env, pin, tag)
+	// retry and reclaim are one request: the app assigned again to the
+	// release it has (a new generation). Two names, for the two states
+	// they leave.
+	var retryApp string
+	renew := func(use, short, long string) *cobra.Command {
+		cmd := &cobra.Command{
+			Use:   use + " DEVICE --app APP [--fleet FLEET]",
+			Short: short,
+			Long:  long,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				if retryApp == "" {
+					return errors.New("which app? give --app")
+				}
+				return withClient(&sf, func(cl *serverapi.Client) error {
+					id, err := resolveDevice(c.Context(), cl, fleet, args[0])
+					if err != nil {
+						return err
+					}
+					d, err := cl.RetryApp(c.Context(), id, retryApp)
+					if err != nil {
+						return fmt.Errorf("%s %s on %s: %w", use, retryApp, args[0], err)
+					}
+					if asJSON {
+						return printJSON(c.OutOrStdout(), d)
+					}
+					t := d.Target[retryApp]
+					fmt.Fprintf(c.OutOrStdout(), "%s on %s: assigned again to release %s (generation %d); the device takes it at its next poll (berth device show %s)\n",
+						retryApp, d.Name, release.ShortID(t.Release), t.Generation, d.Name)
+					return nil
+				})
+			},
+		}
+		cmd.Flags().StringVar(&retryApp, "app", "", "the app (required)")
+		cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the device)")
+		return cmd
+	}
+	retry := renew("retry", "Try a release again on a device where it failed or was refused",
+		`retry assigns the device's app again to the release it has. A release that
+was rolled back on the device (failed) or that it refused is not tried again
+on its own — not after an environment change, not after a restart — until
+its app is assigned again: by this command, by assigning the release again
+(berth release assign), or by a rollout. A LAN override on the device ends
+too (see reclaim).`)
+	reclaim := renew("reclaim", "End a LAN override on a device: it returns to its fleet release",
+		`reclaim ends a LAN override: a berth deploy or berth rm over the LAN on a
+fleet device stands in for the fleet's release until its --override-ttl runs
+out or the app is assigned again. reclaim assigns it again, to the release it
+has, and the device returns to it. (It is the same request as retry.)`)
+
+	c.AddCommand(list, show, env, pin, tag, retry, reclaim)
 	return c
 }
 
@@ -245,9 +295,8 @@ func printDevices(out io.Writer, ds []serverapi.Device, now time.Time) {
 			online = "yes"
 		}
 		var apps []string
-		for _, a := range slices.Sorted(maps.Keys(d.Apps)) {
-			s := d.Apps[a]
-			apps = append(apps, fmt.Sprintf("%s %s (%s)", a, s.Version, s.Phase))
+		for _, a := range slices.Sorted(maps.Keys(d.Status)) {
+			apps = append(apps, fmt.Sprintf("%s %s (%s)", a, d.Apps[a].Version, d.Status[a].State))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, online, ago(d.LastSeen, now), orDash(strings.Join(apps, ", ")), orDash(strings.Join(d.Tags, " ")), d.ID)
 	}
@@ -270,6 +319,26 @@ func printDevice(out io.Writer, d *serverapi.Device, now time.Time) {
 		fmt.Fprintf(out, "notes: %s\n", d.Notes)
 	}
 	printTarget(out, d)
+	if len(d.Status) > 0 {
+		fmt.Fprintln(out, "\nstatus:")
+		for _, app := range slices.Sorted(maps.Keys(d.Status)) {
+			st := d.Status[app]
+			line := "  " + app + "  " + st.State
+			if st.Release != "" {
+				line += ", runs " + release.ShortID(st.Release)
+			}
+			if st.Offline {
+				line += " (as last reported: the device is offline)"
+			}
+			fmt.Fprintln(out, line)
+			if st.Reason != "" {
+				fmt.Fprintf(out, "    why: %s\n", st.Reason)
+			}
+			if st.Leave != "" {
+				fmt.Fprintf(out, "    to leave it: %s\n", st.Leave)
+			}
+		}
+	}
 	if len(d.Apps) > 0 {
 		fmt.Fprintf(out, "\nreported %s:\n", ago(d.Reported, now))
 		printStatus(out, &release.CurrentState{Apps: d.Apps, Disk: d.Disk, Agent: derefAgent(d.Agent)})

@@ -201,7 +201,7 @@ func runUninstall(ctx context.Context, f installFlags, acceptNew bool, out io.Wr
 		}
 		sort.Strings(apps)
 		for _, a := range apps {
-			if _, err := cl.Remove(ctx, a, f.volumes); err != nil && !errors.Is(err, release.ErrNotFound) {
+			if _, err := cl.Remove(ctx, a, f.volumes, ""); err != nil && !errors.Is(err, release.ErrNotFound) {
 				return fmt.Errorf("remove app %s (nothing else was removed): %w", a, err)
 			}
 			what := "its volumes kept"

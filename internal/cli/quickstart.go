@@ -161,7 +161,7 @@ func runQuickstart(ctx context.Context, version, dir, port, serverAddr string, e
 		defer cl.Close()
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, err = cl.Remove(cctx, "robot", false)
+		_, err = cl.Remove(cctx, "robot", false, "")
 		return err
 	}
 	if exit {

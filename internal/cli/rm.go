@@ -25,7 +25,7 @@ func newRm() *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			resp, err := cl.Remove(c.Context(), app, volumes)
+			resp, err := cl.Remove(c.Context(), app, volumes, whoDeploys())
 			if err != nil {
 				return fmt.Errorf("remove %s: %w", app, err)
 			}

@@ -197,7 +197,7 @@ func TestFleetCLI(t *testing.T) {
 	}
 	state := release.CurrentState{
 		Agent: release.AgentInfo{Name: "robot-a", Version: "test"},
-		Apps: map[string]release.AppState{"hello": {Release: id, Version: "v1", Phase: release.PhaseIdle,
+		Apps: map[string]release.AppState{"hello": {Release: id, FleetRelease: id, Version: "v1", Phase: release.PhaseIdle,
 			Services: map[string]release.ServiceState{"web": {Container: "c1", State: "running", Health: "none", Release: id}}}},
 		Reported: time.Now(),
 	}
@@ -223,10 +223,10 @@ func TestFleetCLI(t *testing.T) {
 	if apps["hello"].Phase != release.PhaseIdle || apps["hello"].Services["web"].State != "running" || string(items[0]["online"]) != "true" {
 		t.Errorf("robot-a in device list: online %s, apps %+v", items[0]["online"], apps)
 	}
-	if out := must(t, "device", "list", "--fleet", "lab"); !strings.Contains(out, "robot-a") || !strings.Contains(out, "hello v1 (idle)") {
+	if out := must(t, "device", "list", "--fleet", "lab"); !strings.Contains(out, "robot-a") || !strings.Contains(out, "hello v1 (running)") || !strings.Contains(out, "hello  (unknown)") {
 		t.Errorf("device list:\n%s", out)
 	}
-	if out := must(t, "device", "show", "robot-a", "--fleet", "lab"); !strings.Contains(out, "hello  release "+release.ShortID(id)) || !strings.Contains(out, "running") {
+	if out := must(t, "device", "show", "robot-a", "--fleet", "lab"); !strings.Contains(out, "hello  release "+release.ShortID(id)) || !strings.Contains(out, "hello  running, runs "+release.ShortID(id)) {
 		t.Errorf("device show:\n%s", out)
 	}
 

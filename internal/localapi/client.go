@@ -176,9 +176,15 @@ func (c *Client) Unlock(ctx context.Context, app string) error {
 }
 
 // Remove removes app's containers and networks, and its volumes when volumes is set.
-func (c *Client) Remove(ctx context.Context, app string, volumes bool) (*RemoveResponse, error) {
+// by says who asks (user@host): on a fleet device the removal of an app of its
+// fleet target stands in for the fleet release, like a LAN deploy.
+func (c *Client) Remove(ctx context.Context, app string, volumes bool, by string) (*RemoveResponse, error) {
 	var r RemoveResponse
-	return &r, c.do(ctx, http.MethodDelete, "/v1/apps/"+url.PathEscape(app)+"?volumes="+strconv.FormatBool(volumes), nil, &r)
+	q := url.Values{"volumes": {strconv.FormatBool(volumes)}}
+	if by != "" {
+		q.Set("by", by)
+	}
+	return &r, c.do(ctx, http.MethodDelete, "/v1/apps/"+url.PathEscape(app)+"?"+q.Encode(), nil, &r)
 }
 
 // Logs copies app's container logs (one service, or all when service is "")

@@ -228,6 +228,31 @@ func PlanRollback(target *release.Release, observed []release.Container) ([]Step
 	return append(steps, Step{Kind: KindCommit}), nil
 }
 
+// Restored checks that target runs as observed: each service's container
+// of the target's spec up, or a one-shot job that others wait for exited 0.
+func Restored(target *release.Release, observed []release.Container) error {
+	waits := waitedOn(target)
+	have := byService(observed)
+	for _, svc := range sortedKeys(target.Spec.Services) {
+		hash := target.Spec.Services[svc].Hash()
+		state := "missing"
+		for _, c := range have[svc] {
+			if c.SpecHash != hash {
+				continue
+			}
+			if c.Running() || (c.State == "exited" && c.ExitCode == 0 && waits[svc] == release.ConditionCompletedSuccessfully) {
+				state = ""
+				break
+			}
+			state = c.State
+		}
+		if state != "" {
+			return &Failure{Service: svc, Reason: "not running after the rollback (" + state + ")"}
+		}
+	}
+	return nil
+}
+
 func resourceSteps(target *release.Release) []Step {
 	var steps []Step
 	for _, v := range sortedKeys(target.Spec.Volumes) {

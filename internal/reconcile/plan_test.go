@@ -138,3 +138,43 @@ func golden(t *testing.T, name, got string) {
 		t.Errorf("plan differs from %s (-want +got):\n%s", path, d)
 	}
 }
+
+func TestRestored(t *testing.T) {
+	v1, v2 := app("", "1"), app("", "2")
+	stoppedAPI := running(v1)
+	for i := range stoppedAPI {
+		if stoppedAPI[i].Service == "api" {
+			stoppedAPI[i].State, stoppedAPI[i].ExitCode = "exited", 137
+		}
+	}
+	failedJob := running(v1)
+	for i := range failedJob {
+		if failedJob[i].Service == "migrate" {
+			failedJob[i].ExitCode = 1
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		observed []release.Container
+		want     string // the failing service, "" for none
+	}{
+		{"whole", running(v1), ""},
+		{"killed-after-the-plan", stoppedAPI, "api"},
+		{"other-release", running(v2), "api"},
+		{"job-failed", failedJob, "migrate"},
+		{"nothing", nil, "api"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Restored(v1, tc.observed)
+			got := ""
+			if f, ok := err.(*Failure); ok {
+				got = f.Service
+			} else if err != nil {
+				t.Fatalf("not a Failure: %v", err)
+			}
+			if got != tc.want {
+				t.Fatalf("failing service %q, want %q (%v)", got, tc.want, err)
+			}
+		})
+	}
+}

@@ -46,6 +46,9 @@ type CurrentState struct {
 	Apps     map[string]AppState `json:"apps"`
 	Disk     *Disk               `json:"disk,omitempty"`
 	Reported time.Time           `json:"reported"`
+	// Stopped is set in the last report of an agent that stops (a
+	// service stop, a reboot): the device is offline from then on.
+	Stopped *time.Time `json:"stopped,omitempty"`
 }
 
 // AgentInfo names the agent and the engine it drives.
@@ -75,11 +78,23 @@ type AppState struct {
 	// of the last fleet release that was tried here and rolled back (Error
 	// says why). A LAN deploy over a fleet release leaves FleetRelease empty
 	// and sets Override.
-	FleetRelease string                  `json:"fleet_release,omitempty"`
-	FleetFailed  string                  `json:"fleet_failed,omitempty"`
-	Override     *Override               `json:"override,omitempty"`
-	Lock         *LockInfo               `json:"lock,omitempty"`
-	Services     map[string]ServiceState `json:"services"`
+	FleetRelease string `json:"fleet_release,omitempty"`
+	FleetFailed  string `json:"fleet_failed,omitempty"`
+	// FleetRefused is the fleet release the device would not run (not
+	// signed by a key it trusts). FleetFailed and FleetRefused are the
+	// device's last word on a fleet release it does not run: only one is
+	// set, with its reason in FleetReason, and the generation of the
+	// assignment it was judged under in FleetGeneration (it is judged
+	// again only under a newer one).
+	FleetRefused    string `json:"fleet_refused,omitempty"`
+	FleetReason     string `json:"fleet_reason,omitempty"`
+	FleetGeneration int64  `json:"fleet_generation,omitempty"`
+	// Generation is the app's assignment generation in the last target the
+	// device took (serverapi.Target.Generations).
+	Generation int64                   `json:"generation,omitempty"`
+	Override   *Override               `json:"override,omitempty"`
+	Lock       *LockInfo               `json:"lock,omitempty"`
+	Services   map[string]ServiceState `json:"services"`
 	// Kept are the releases kept on the device to roll back to, newest
 	// first, the one that runs included.
 	Kept    []KeptRelease `json:"kept,omitempty"`
@@ -95,10 +110,18 @@ type KeptRelease struct {
 // Override says that an app of a fleet device runs a release deployed over
 // the LAN instead of its fleet release: who, when, and until when (then the
 // agent returns to the fleet release).
+//
+// An override lasts until its Until, or until the server assigns the app
+// again (a new release, a rollout, a pin, `berth device reclaim`): that
+// is a newer assignment generation than Generation, the one in force when
+// the override was made. Removed says the app was removed over the LAN
+// (`berth rm`) rather than deployed.
 type Override struct {
-	By    string     `json:"by"`
-	Since time.Time  `json:"since"`
-	Until *time.Time `json:"until,omitempty"`
+	By         string     `json:"by"`
+	Since      time.Time  `json:"since"`
+	Until      *time.Time `json:"until,omitempty"`
+	Generation int64      `json:"generation,omitempty"`
+	Removed    bool       `json:"removed,omitempty"`
 }
 
 // LockInfo says who holds an app's update lock.

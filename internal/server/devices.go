@@ -35,6 +35,9 @@ func (s *Server) deviceView(d store.Device, fleet string) serverapi.Device {
 				v.Agent = &cs.Agent
 			}
 			v.Disk, v.Reported = cs.Disk, cs.Reported
+			if cs.Stopped != nil {
+				v.Online = false // its agent said it stops
+			}
 		}
 	}
 	return v
@@ -53,9 +56,50 @@ func (s *Server) fullDeviceView(ctx context.Context, d store.Device) (serverapi.
 	}
 	v.Target = map[string]serverapi.TargetApp{}
 	for _, a := range as {
-		v.Target[a.App] = serverapi.TargetApp{Release: a.ReleaseID, Pinned: a.Pinned, Updated: a.Updated}
+		v.Target[a.App] = serverapi.TargetApp{Release: a.ReleaseID, Pinned: a.Pinned, Updated: a.Updated, Generation: a.Generation}
 	}
+	s.judgeApps(&v, as)
 	return v, nil
+}
+
+// judgeApps sets the view's Status: per app of its target and of its
+// report, where the device stands (serverapi.AppStatusOf).
+func (s *Server) judgeApps(v *serverapi.Device, target []store.DeviceApp) {
+	v.Status = map[string]serverapi.AppStatus{}
+	now := s.now()
+	name := v.ID // how the commands it suggests name the device
+	if v.Fleet != "" {
+		name = v.Name + " --fleet " + v.Fleet
+	}
+	for _, a := range target {
+		t := serverapi.TargetApp{Release: a.ReleaseID, Pinned: a.Pinned, Updated: a.Updated, Generation: a.Generation}
+		var rep *release.AppState
+		if st, ok := v.Apps[a.App]; ok {
+			rep = &st
+		}
+		v.Status[a.App] = serverapi.AppStatusOf(name, a.App, &t, rep, v.Online, now)
+	}
+	for app, st := range v.Apps {
+		if _, ok := v.Status[app]; !ok {
+			v.Status[app] = serverapi.AppStatusOf(name, app, nil, &st, v.Online, now)
+		}
+	}
+}
+
+// judgeAll sets the Status of many device views, their targets read at once.
+func (s *Server) judgeAll(ctx context.Context, vs []serverapi.Device) error {
+	ids := make([]string, len(vs))
+	for i, v := range vs {
+		ids[i] = v.ID
+	}
+	targets, err := s.st.DevicesApps(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i := range vs {
+		s.judgeApps(&vs[i], targets[vs[i].ID])
+	}
+	return nil
 }
 
 func (s *Server) register(w http.ResponseWriter, r *http.Request, _ principal) error {
@@ -144,6 +188,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request, p principal
 	out := make([]serverapi.Device, len(ds))
 	for i, d := range ds {
 		out[i] = s.deviceView(d, f.Name)
+	}
+	if err := s.judgeAll(ctx, out); err != nil {
+		return err
 	}
 	reply(w, http.StatusOK, out)
 	return nil
@@ -264,6 +311,47 @@ func (s *Server) pin(w http.ResponseWriter, r *http.Request, p principal) error 
 	}
 	s.hub.kick()
 	s.audit(r, p, "device.pin", "device/"+d.ID, map[string]any{"app": rel.App, "release": rel.ID, "version": rel.Version})
+	if d, err = s.st.Device(ctx, d.ID); err != nil {
+		return err
+	}
+	v, err := s.fullDeviceView(ctx, d)
+	if err != nil {
+		return err
+	}
+	reply(w, http.StatusOK, v)
+	return nil
+}
+
+// retryApp answers POST /v1/devices/{device}/apps/{app}/retry: the app is
+// assigned again to the release it has (a new generation), which ends a
+// LAN override there and makes the device try a release again that
+// failed or was refused. The answer is the device, as GET gives it.
+func (s *Server) retryApp(w http.ResponseWriter, r *http.Request, p principal) error {
+	ctx := r.Context()
+	d, err := s.st.Device(ctx, r.PathValue("device"))
+	if err != nil {
+		return err
+	}
+	app := r.PathValue("app")
+	as, err := s.st.DeviceApps(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	var cur *store.DeviceApp
+	for i := range as {
+		if as[i].App == app {
+			cur = &as[i]
+		}
+	}
+	if cur == nil {
+		return fmt.Errorf("device %s has no app %s in its target; assign a release of it first (berth release assign): %w", d.Name, app, release.ErrNotFound)
+	}
+	gen, err := s.st.RenewApp(ctx, d.ID, app)
+	if err != nil {
+		return err
+	}
+	s.hub.kick()
+	s.audit(r, p, "device.retry", "device/"+d.ID, map[string]any{"app": app, "release": cur.ReleaseID, "generation": gen})
 	if d, err = s.st.Device(ctx, d.ID); err != nil {
 		return err
 	}

@@ -170,12 +170,12 @@ func (s *Server) assignRelease(w http.ResponseWriter, r *http.Request, p princip
 	if err != nil {
 		return err
 	}
-	var changed []string
+	var changed store.Assigned
 	devices := 0
 	if req.All {
 		// One transaction: every device, and new devices start with it too.
 		changed, devices, err = s.st.AssignFleet(ctx, f.ID, rel.ID)
-		if len(changed) > 0 {
+		if len(changed.Changed)+len(changed.Renewed) > 0 {
 			s.hub.kick()
 		}
 		if err != nil {
@@ -198,32 +198,33 @@ func (s *Server) assignRelease(w http.ResponseWriter, r *http.Request, p princip
 		}
 	}
 	s.audit(r, p, "release.assign", "release/"+rel.ID, map[string]any{
-		"fleet": f.Name, "app": rel.App, "version": rel.Version, "all": req.All, "devices": devices, "changed": len(changed),
+		"fleet": f.Name, "app": rel.App, "version": rel.Version, "all": req.All, "devices": devices, "changed": len(changed.Changed), "renewed": len(changed.Renewed),
 	})
-	if changed == nil {
-		changed = []string{}
+	if changed.Changed == nil {
+		changed.Changed = []string{}
 	}
-	reply(w, http.StatusOK, serverapi.Assignment{Release: rel.ID, App: rel.App, Changed: changed, Unchanged: devices - len(changed)})
+	reply(w, http.StatusOK, serverapi.Assignment{Release: rel.ID, App: rel.App, Changed: changed.Changed, Renewed: changed.Renewed, Unchanged: devices - len(changed.Changed)})
 	return nil
 }
 
-// assign points devices of a fleet at a release (pinned devices excepted)
-// and wakes their long polls; it returns the devices whose target changed.
-// It is the plain move: rollouts, when they come, call it batch by batch.
-func (s *Server) assign(ctx context.Context, fleetID, releaseID string, ids []string) ([]string, error) {
-	var changed []string
+// assign points devices of a fleet at a release (devices pinned to another
+// excepted) and wakes their long polls; it returns the devices whose target
+// changed and those it renewed (on the release already: a new generation).
+func (s *Server) assign(ctx context.Context, fleetID, releaseID string, ids []string) (store.Assigned, error) {
+	var all store.Assigned
 	// In chunks, well below either database's limit on query parameters.
 	for chunk := range slices.Chunk(ids, 500) {
 		c, err := s.st.AssignRelease(ctx, fleetID, releaseID, chunk)
-		if len(c) > 0 || err != nil {
+		if len(c.Changed)+len(c.Renewed) > 0 || err != nil {
 			s.hub.kick()
 		}
 		if err != nil {
-			return changed, err
+			return all, err
 		}
-		changed = append(changed, c...)
+		all.Changed = append(all.Changed, c.Changed...)
+		all.Renewed = append(all.Renewed, c.Renewed...)
 	}
-	return changed, nil
+	return all, nil
 }
 
 // findDevice finds a device of a fleet by name, or else by ID.

@@ -72,6 +72,25 @@ func (s *Server) stepRollout(ctx context.Context, ro store.Rollout) error {
 	}
 	now := s.now()
 	for i, d := range devs {
+		if d.Status == serverapi.RolloutDeviceFailed {
+			// A failed device someone had try again (berth device
+			// retry) that runs the release now counts as healthy.
+			if ok, err := s.recovered(ctx, ro, d); err != nil || !ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			next := d
+			next.Status, next.Detail = serverapi.RolloutDeviceHealthy, "healthy since; it had failed: "+d.Detail
+			if err := s.st.SetRolloutDevice(ctx, next, d.Status); err == nil {
+				s.log.Info("rollout: a failed device recovered", "rollout", ro.ID, "device", d.DeviceID)
+				devs[i] = next
+			} else if !errors.Is(err, release.ErrConflict) && !errors.Is(err, release.ErrNotFound) {
+				return err
+			}
+			continue
+		}
 		if d.Status != serverapi.RolloutDeviceUpdating {
 			continue
 		}
@@ -146,17 +165,26 @@ func (s *Server) verdict(ctx context.Context, ro store.Rollout, p serverapi.Roll
 	var cs release.CurrentState
 	_ = json.Unmarshal(dev.State, &cs) // a state that does not decode says nothing
 	a, reported := cs.Apps[ro.App]
+	// The device's word on the release counts if it was judged under the
+	// move's generation or a later one (an agent that reports no
+	// generation: if it reported after the move).
+	judged := a.FleetGeneration >= d.Generation && a.FleetGeneration > 0 ||
+		a.FleetGeneration == 0 && dev.StateVersion > d.StateVersion
 	switch {
-	case reported && a.FleetRelease == ro.ReleaseID && a.Phase == release.PhaseIdle && a.Error == "":
+	case reported && a.FleetRelease == ro.ReleaseID && a.Phase == release.PhaseIdle && a.Error == "" && a.Override == nil:
 		// Not held to reports after the move: a device that ran the
 		// release already may have nothing new to say.
 		return serverapi.RolloutDeviceHealthy, "", nil
-	case reported && a.FleetFailed == ro.ReleaseID && dev.StateVersion > d.StateVersion:
-		reason := a.Error
+	case reported && a.FleetFailed == ro.ReleaseID && judged:
+		reason := orText(a.FleetReason, a.Error)
 		if reason == "" {
 			reason = "the device rolled the release back (" + string(a.Phase) + ") without saying why"
 		}
 		return serverapi.RolloutDeviceFailed, reason, nil
+	case reported && a.FleetRefused == ro.ReleaseID && judged:
+		// Refused at once (not signed by a key the device trusts): no
+		// use waiting for the stage timeout.
+		return serverapi.RolloutDeviceFailed, "refused by the device: " + orText(a.FleetReason, a.Error), nil
 	case now.Sub(d.Updated) < p.StageTimeout.D():
 		return "", "", nil
 	}
@@ -194,6 +222,29 @@ func (s *Server) verdict(ctx context.Context, ro store.Rollout, p serverapi.Roll
 		why += fmt.Sprintf("; it reports %s", a.Phase)
 	}
 	return serverapi.RolloutDeviceFailed, why, nil
+}
+
+func orText(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// recovered says whether a device that failed a rollout now runs its
+// release, healthy.
+func (s *Server) recovered(ctx context.Context, ro store.Rollout, d store.RolloutDevice) (bool, error) {
+	dev, err := s.st.Device(ctx, d.DeviceID)
+	if errors.Is(err, release.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var cs release.CurrentState
+	_ = json.Unmarshal(dev.State, &cs)
+	a, ok := cs.Apps[ro.App]
+	return ok && a.FleetRelease == ro.ReleaseID && a.Phase == release.PhaseIdle && a.Error == "" && a.Override == nil, nil
 }
 
 // agoText says how long before now t was.

@@ -251,6 +251,7 @@ func (s *Server) table() []route {
 		{"PUT /v1/devices/{device}/env/{service}", needDeployer, s.setEnv},
 		{"POST /v1/devices/{device}/pin", needDeployer, s.pin},
 		{"DELETE /v1/devices/{device}/pin/{app}", needDeployer, s.unpin},
+		{"POST /v1/devices/{device}/apps/{app}/retry", needDeployer, s.retryApp},
 		{"GET /v1/devices/{device}/logs", needViewer, s.deviceLogs},
 
 		{"POST /v1/fleets/{fleet}/releases", needDeployer, s.createRelease},

@@ -57,15 +57,15 @@ func (c *renderedTargets) put(key string, b []byte) {
 }
 
 // targetKey names a target by everything it is made of: its version, the
-// fleet, each app's release with its signature, and the environment
-// layers. shared is false when a layer is the device's own.
-func targetKey(version int64, fleet string, refs []store.Release, layers []store.EnvLayer) (key string, shared bool) {
+// fleet, each app's release with its signature and generation, and the
+// environment layers. shared is false when a layer is the device's own.
+func targetKey(version int64, fleet string, refs []store.Release, gens map[string]int64, layers []store.EnvLayer) (key string, shared bool) {
 	var b strings.Builder
 	b.WriteString(strconv.FormatInt(version, 10))
 	b.WriteByte(0)
 	b.WriteString(fleet)
 	for _, r := range refs {
-		for _, f := range []string{r.App, r.ID, r.Signature, r.KeyID} {
+		for _, f := range []string{r.App, r.ID, r.Signature, r.KeyID, strconv.FormatInt(gens[r.App], 10)} {
 			b.WriteByte(0)
 			b.WriteString(f)
 		}
@@ -112,14 +112,14 @@ func (s *Server) renderTarget(ctx context.Context, d store.Device, version int64
 	if p.err != nil {
 		return nil, p.err
 	}
-	refs, layers := p.parts.Releases, p.parts.Env
+	refs, gens, layers := p.parts.Releases, p.parts.Generations, p.parts.Env
 	fleet, err := s.fleetName(ctx, d.FleetID)
 	if err != nil {
 		return nil, err
 	}
-	key, shared := targetKey(version, d.FleetID, refs, layers)
+	key, shared := targetKey(version, d.FleetID, refs, gens, layers)
 	if !shared {
-		return s.encodeTarget(ctx, version, fleet, refs, layers)
+		return s.encodeTarget(ctx, version, fleet, refs, gens, layers)
 	}
 	if b, ok := s.targets.get(key); ok {
 		return b, nil
@@ -127,7 +127,7 @@ func (s *Server) renderTarget(ctx context.Context, d store.Device, version int64
 	// One device renders; the others woken with it wait for its bytes.
 	// Its request may end first: the rendering does not end with it.
 	v, err, _ := s.targets.group.Do(key, func() (any, error) {
-		b, err := s.encodeTarget(context.WithoutCancel(ctx), version, fleet, refs, layers)
+		b, err := s.encodeTarget(context.WithoutCancel(ctx), version, fleet, refs, gens, layers)
 		if err == nil {
 			s.targets.put(key, b)
 		}
@@ -141,8 +141,8 @@ func (s *Server) renderTarget(ctx context.Context, d store.Device, version int64
 
 // encodeTarget reads the releases' specs and encodes the target as sent.
 // The signatures are those of refs, which the target is known by.
-func (s *Server) encodeTarget(ctx context.Context, version int64, fleet string, refs []store.Release, layers []store.EnvLayer) ([]byte, error) {
-	t := serverapi.Target{Version: version, Fleet: fleet, TargetState: release.TargetState{Apps: map[string]*release.Release{}}}
+func (s *Server) encodeTarget(ctx context.Context, version int64, fleet string, refs []store.Release, gens map[string]int64, layers []store.EnvLayer) ([]byte, error) {
+	t := serverapi.Target{Version: version, Fleet: fleet, TargetState: release.TargetState{Apps: map[string]*release.Release{}}, Generations: gens}
 	for _, ref := range refs {
 		rel, err := s.st.Release(ctx, ref.FleetID, ref.ID)
 		if err != nil {

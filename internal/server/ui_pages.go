@@ -103,9 +103,9 @@ var uiFuncs = template.FuncMap{
 		switch st {
 		case "running", "healthy", "completed":
 			return "ok"
-		case "failed", "aborted":
+		case "failed", "aborted", serverapi.StatusRefused, serverapi.StatusDegraded:
 			return "bad"
-		case "paused", "updating", "reverted":
+		case "paused", "updating", "reverted", serverapi.StatusOverride:
 			return "busy"
 		}
 		return "muted"
@@ -318,7 +318,9 @@ type overviewData struct {
 type overviewCounts struct {
 	Online, Offline             int
 	Healthy, Unhealthy, Updates int
-	Phases                      map[release.Phase]int
+	// States counts apps by where their devices stand with them
+	// (serverapi.AppStatus.State).
+	States map[string]int
 }
 
 const overviewMax = 500
@@ -354,9 +356,10 @@ func (s *Server) uiOverview(w http.ResponseWriter, r *http.Request, u uiRequest)
 // overview counts all of a fleet's devices (those tagged tag, if given)
 // and lists the page-th overviewMax of them, by name.
 func (s *Server) overview(ctx context.Context, f store.Fleet, tag string, page int) (overviewData, error) {
-	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{Phases: map[release.Phase]int{}}, Page: page}
+	d := overviewData{Fleet: f.Name, Tag: tag, Counts: overviewCounts{States: map[string]int{}}, Page: page}
 	first := (page - 1) * overviewMax // the index of the first device listed
 	tags := map[string]bool{}
+	var all []serverapi.Device
 	err := s.eachDevice(ctx, f.ID, "", func(dev store.Device) {
 		for _, t := range dev.Tags {
 			tags[t] = true
@@ -364,39 +367,41 @@ func (s *Server) overview(ctx context.Context, f store.Fleet, tag string, page i
 		if tag != "" && !slices.Contains(dev.Tags, tag) {
 			return
 		}
-		v := s.deviceView(dev, f.Name)
+		all = append(all, s.deviceView(dev, f.Name))
+	})
+	if err != nil {
+		return d, err
+	}
+	// Judged as the API judges them: a device counts as healthy only if
+	// it runs its target with every service up, not when it refused the
+	// target or a LAN deploy stands in for it.
+	if err := s.judgeAll(ctx, all); err != nil {
+		return d, err
+	}
+	for _, v := range all {
 		d.Total++
 		if v.Online {
 			d.Counts.Online++
 		} else {
 			d.Counts.Offline++
 		}
-		healthy := v.Online && len(v.Apps) > 0
-		for _, a := range v.Apps {
-			d.Counts.Phases[a.Phase]++
-			if a.Phase != release.PhaseIdle {
-				healthy = false
-			}
-			for _, svc := range a.Services {
-				if (svc.Health != "" && svc.Health != "healthy") || (svc.State != "running" && svc.State != "exited") {
-					healthy = false
-				}
-			}
-			if !a.Phase.AtRest() {
-				d.Counts.Updates++
-			}
+		healthy, updating := v.Online && len(v.Status) > 0, false
+		for _, st := range v.Status {
+			d.Counts.States[st.State]++
+			healthy = healthy && st.Healthy()
+			updating = updating || st.State == serverapi.StatusUpdating
 		}
-		if healthy {
+		switch {
+		case healthy:
 			d.Counts.Healthy++
-		} else if v.Online && len(v.Apps) > 0 {
+		case updating:
+			d.Counts.Updates++
+		case v.Online && len(v.Status) > 0:
 			d.Counts.Unhealthy++
 		}
 		if i := d.Total - 1; i >= first && i < first+overviewMax {
 			d.Devices = append(d.Devices, v)
 		}
-	})
-	if err != nil {
-		return d, err
 	}
 	d.Pages = max(1, (d.Total+overviewMax-1)/overviewMax)
 	d.First, d.Last = first+1, first+len(d.Devices)
@@ -419,6 +424,7 @@ type deviceData struct {
 type deviceApp struct {
 	Name     string
 	State    release.AppState
+	Status   serverapi.AppStatus
 	Target   *serverapi.TargetApp
 	Version  string // of the target release
 	Services []namedService
@@ -464,7 +470,7 @@ func (s *Server) deviceData(ctx context.Context, id string) (deviceData, error) 
 	}
 	d := deviceData{Device: v}
 	for _, name := range slices.Sorted(maps.Keys(mergeKeys(v.Apps, v.Target))) {
-		a := deviceApp{Name: name, State: v.Apps[name]}
+		a := deviceApp{Name: name, State: v.Apps[name], Status: v.Status[name]}
 		if t, ok := v.Target[name]; ok {
 			a.Target = &t
 			if rel, err := s.st.Release(ctx, dev.FleetID, t.Release); err == nil {

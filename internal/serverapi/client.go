@@ -401,6 +401,13 @@ func (c *Client) Unpin(ctx context.Context, device, app string) (*Device, error)
 	return &d, c.send(ctx, http.MethodDelete, "/v1/devices/"+esc(device)+"/pin/"+esc(app), nil, &d)
 }
 
+// RetryApp assigns a device's app again to the release it has: a LAN
+// override there ends, a release that failed or was refused is tried again.
+func (c *Client) RetryApp(ctx context.Context, device, app string) (*Device, error) {
+	var d Device
+	return &d, c.send(ctx, http.MethodPost, "/v1/devices/"+esc(device)+"/apps/"+esc(app)+"/retry", nil, &d)
+}
+
 // CreateRelease stores a release in a fleet. created is false when the
 // fleet had it already (the same app, version and spec): then nothing changed.
 func (c *Client) CreateRelease(ctx context.Context, fleet string, req CreateReleaseRequest) (r *Release, created bool, err error) {

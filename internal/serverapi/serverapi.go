@@ -161,16 +161,20 @@ type Device struct {
 	Disk     *release.Disk               `json:"disk,omitempty"`
 	Reported time.Time                   `json:"reported,omitzero"`
 	// Target is what the device should run, by app (GET one only).
-	Target        map[string]TargetApp `json:"target,omitempty"`
+	Target map[string]TargetApp `json:"target,omitempty"`
+	// Status is, by app (of the target, and of the report), where the
+	// device stands with it: see AppStatusOf.
+	Status        map[string]AppStatus `json:"status,omitempty"`
 	TargetVersion int64                `json:"target_version"`
 	StateVersion  int64                `json:"state_version"`
 }
 
 // TargetApp is one app of a device's target as operators see it.
 type TargetApp struct {
-	Release string    `json:"release"`
-	Pinned  bool      `json:"pinned"`
-	Updated time.Time `json:"updated"`
+	Release    string    `json:"release"`
+	Pinned     bool      `json:"pinned"`
+	Updated    time.Time `json:"updated"`
+	Generation int64     `json:"generation,omitempty"`
 }
 
 // UpdateDeviceRequest is the body of PATCH /v1/devices/{device}: the fields
@@ -281,6 +285,10 @@ type Assignment struct {
 	// were there already, or are pinned to another release of the app.
 	Changed   []string `json:"changed"`
 	Unchanged int      `json:"unchanged"`
+	// Renewed are the devices that were there already: their assignment
+	// was made again, which ends a LAN override and tries the release
+	// again where it failed or was refused.
+	Renewed []string `json:"renewed,omitempty"`
 }
 
 // Target is what a device should run: per app the release, its services'
@@ -295,6 +303,12 @@ type Target struct {
 	Signatures map[string]Signature `json:"signatures,omitempty"`
 	// Fleet is the device's fleet, by name.
 	Fleet string `json:"fleet,omitempty"`
+	// Generations are, by app, the target version at which the app was
+	// last assigned to the device (an assignment, a rollout's move, a pin,
+	// a retry). A newer generation ends a LAN override and tries a release
+	// again that failed or was refused under an older one; changes of
+	// environment layers or signatures leave it as it is.
+	Generations map[string]int64 `json:"generations,omitempty"`
 }
 
 // StateReport answers a state report.

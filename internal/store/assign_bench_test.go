@@ -43,8 +43,8 @@ func BenchmarkAssignFleet(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				changed, _, err := db.AssignFleet(ctx, f.ID, rels[i%2])
-				if err != nil || len(changed) != devices {
-					b.Fatalf("%d changed, %v", len(changed), err)
+				if err != nil || len(changed.Changed) != devices {
+					b.Fatalf("%d changed, %v", len(changed.Changed), err)
 				}
 				i++
 			}

@@ -99,9 +99,9 @@ func (db *DB) CreateDevice(ctx context.Context, fleetID, name, tokenSecret strin
 			return err
 		}
 		// The fleet's releases are where a new device starts.
-		_, err = tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
-			SELECT $1, app, fleet_id, release_id, FALSE, CAST($2 AS BIGINT) FROM fleet_apps WHERE fleet_id = $3`,
-			d.ID, micros(d.Created), d.FleetID)
+		_, err = tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated, generation)
+			SELECT $1, app, fleet_id, release_id, FALSE, CAST($2 AS BIGINT), CAST($4 AS BIGINT) FROM fleet_apps WHERE fleet_id = $3`,
+			d.ID, micros(d.Created), d.FleetID, v)
 		if err != nil {
 			return fmt.Errorf("start with the fleet's releases: %w", err)
 		}

@@ -153,10 +153,10 @@ func (db *DB) RolloutDevices(ctx context.Context, rolloutID string) ([]RolloutDe
 	ds, err := queryAll(ctx, db.r, func(s scanner) (RolloutDevice, error) {
 		d := RolloutDevice{RolloutID: rolloutID}
 		var updated int64
-		err := s.Scan(&d.DeviceID, &d.Stage, &d.PreviousRelease, &d.Status, &d.Detail, &updated, &d.StateVersion)
+		err := s.Scan(&d.DeviceID, &d.Stage, &d.PreviousRelease, &d.Status, &d.Detail, &updated, &d.StateVersion, &d.Generation)
 		d.Updated = fromMicros(updated)
 		return d, err
-	}, `SELECT device_id, stage, previous_release, status, detail, updated, state_version FROM rollout_devices
+	}, `SELECT device_id, stage, previous_release, status, detail, updated, state_version, generation FROM rollout_devices
 		WHERE rollout_id = $1 ORDER BY stage, device_id`, rolloutID)
 	if err != nil {
 		return nil, fmt.Errorf("devices of rollout %s: %w", rolloutID, err)
@@ -249,22 +249,25 @@ func (db *DB) MoveRolloutStage(ctx context.Context, rolloutID string, stage int)
 			if err := tx.QueryRowContext(ctx, "SELECT state_version FROM devices WHERE id = $1", id).Scan(&d.StateVersion); err != nil {
 				return fmt.Errorf("device %s: %w", id, err)
 			}
-			switch {
-			case pinned && d.PreviousRelease != releaseID:
+			if pinned && d.PreviousRelease != releaseID {
 				d.Status, d.Detail = RolloutDeviceSkipped, "pinned to "+d.PreviousRelease
-			case d.PreviousRelease != releaseID:
-				_, err := tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
-					VALUES ($1, $2, $3, $4, FALSE, $5)
-					ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated`,
-					id, app, fleetID, releaseID, micros(now))
+			} else {
+				// Moved, or renewed where it had the release already
+				// (a LAN override ends, a failure is tried again): a
+				// new generation either way.
+				d.Generation = v
+				_, err := tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated, generation)
+					VALUES ($1, $2, $3, $4, FALSE, $5, $6)
+					ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated, generation = excluded.generation`,
+					id, app, fleetID, releaseID, micros(now), v)
 				if err != nil {
 					return fmt.Errorf("device %s: %w", id, err)
 				}
 				changed = append(changed, id)
 			}
-			_, err = tx.ExecContext(ctx, `UPDATE rollout_devices SET status = $3, detail = $4, previous_release = $5, state_version = $6, updated = $7
+			_, err = tx.ExecContext(ctx, `UPDATE rollout_devices SET status = $3, detail = $4, previous_release = $5, state_version = $6, updated = $7, generation = $9
 				WHERE rollout_id = $1 AND device_id = $2 AND status = $8`,
-				rolloutID, id, d.Status, d.Detail, d.PreviousRelease, d.StateVersion, micros(now), RolloutDevicePending)
+				rolloutID, id, d.Status, d.Detail, d.PreviousRelease, d.StateVersion, micros(now), RolloutDevicePending, d.Generation)
 			if err != nil {
 				return fmt.Errorf("device %s: %w", id, err)
 			}

@@ -189,22 +189,29 @@ type Store interface {
 	TargetParts(ctx context.Context, devices []Device) (map[string]TargetParts, error)
 	// AssignRelease points the given devices of a fleet at one of the
 	// fleet's releases, for the release's app, skipping devices pinned to
-	// another release of that app. It returns the IDs of the devices whose
-	// target changed. A device not in the fleet is ErrNotFound, and then
-	// nothing changes.
-	AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error)
+	// another release of that app, with a new generation. It returns the
+	// IDs of the devices whose target changed and of those on the release
+	// already (renewed). A device not in the fleet is ErrNotFound, and
+	// then nothing changes.
+	AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) (Assigned, error)
 	// AssignFleet points every device of a fleet at one of the fleet's
 	// releases, as AssignRelease does, and makes it the release the
 	// fleet's new devices start with (SetFleetRelease), in one
-	// transaction. It returns the devices whose target changed and how
+	// transaction. It returns the devices it changed and renewed, and how
 	// many devices the fleet has.
-	AssignFleet(ctx context.Context, fleetID, releaseID string) (changed []string, devices int, err error)
+	AssignFleet(ctx context.Context, fleetID, releaseID string) (changed Assigned, devices int, err error)
 	// PinRelease sets a device's release for the release's app and keeps it
 	// there: AssignRelease passes the device by until UnpinApp.
 	PinRelease(ctx context.Context, deviceID, releaseID string) error
 	UnpinApp(ctx context.Context, deviceID, app string) error
 	// RemoveApp takes an app off a device's target.
 	RemoveApp(ctx context.Context, deviceID, app string) error
+	// RenewApp assigns a device's app again, to the release it has: a new
+	// generation, which ends a LAN override and tries a failed or refused
+	// release again. It returns the new generation.
+	RenewApp(ctx context.Context, deviceID, app string) (int64, error)
+	// DevicesApps is DeviceApps of many devices at once, by device.
+	DevicesApps(ctx context.Context, deviceIDs []string) (map[string][]DeviceApp, error)
 	// DeviceRelease returns a release only if it is in the device's target;
 	// otherwise ErrNotFound, whether or not the release exists.
 	DeviceRelease(ctx context.Context, deviceID, releaseID string) (Release, error)
@@ -265,10 +272,11 @@ type Store interface {
 	// nothing changes. Each pending device of the stage gets, at once:
 	// PreviousRelease, the release of the app its target had ("" for
 	// none); StateVersion, its state version then; its target pointed at
-	// the release, with a new target version if that changed it; and
-	// status RolloutDeviceUpdating — or RolloutDeviceSkipped, untouched,
-	// if it is pinned to another release of the app. It returns the
-	// devices it moved; none when another replica moved them first.
+	// the release with a new target version and generation (Generation;
+	// also where it had the release already: a renewal); and status
+	// RolloutDeviceUpdating — or RolloutDeviceSkipped, untouched, if it
+	// is pinned to another release of the app. It returns the devices it
+	// moved; none when another replica moved them first.
 	MoveRolloutStage(ctx context.Context, rolloutID string, stage int) ([]RolloutDevice, error)
 	// SetRolloutDevice records a device's progress (Status, Detail) if its
 	// status is still from; else ErrConflict (another replica recorded
@@ -374,6 +382,16 @@ type DeviceApp struct {
 	ReleaseID string    `json:"release_id"`
 	Pinned    bool      `json:"pinned"`
 	Updated   time.Time `json:"updated"`
+	// Generation is the target version at which the app was last assigned
+	// to the device (serverapi.Target.Generations).
+	Generation int64 `json:"generation"`
+}
+
+// Assigned says which devices an assignment moved to the release
+// (Changed) and which were on it already and got a new generation
+// (Renewed), each sorted by ID.
+type Assigned struct {
+	Changed, Renewed []string
 }
 
 // TargetChange says that a device's target moved to Version.
@@ -419,8 +437,9 @@ type ReleaseFilter struct {
 // TargetParts is what a device's target is made of besides its version
 // (Store.TargetParts).
 type TargetParts struct {
-	Releases []Release  // by app
-	Env      []EnvLayer // the fleet's and services' layers, then the device's own
+	Releases    []Release        // by app
+	Generations map[string]int64 // by app: DeviceApp.Generation
+	Env         []EnvLayer       // the fleet's and services' layers, then the device's own
 }
 
 // EnvLayer is one layer of environment variables. Layers apply in the order
@@ -487,6 +506,9 @@ type RolloutDevice struct {
 	// StateVersion is the device's state version when MoveRolloutStage
 	// moved it: reports with a higher one were made after the move.
 	StateVersion int64 `json:"state_version,omitempty"`
+	// Generation is the assignment generation the move gave the device's
+	// app: its reports judged under it or a later one are about the move.
+	Generation int64 `json:"generation,omitempty"`
 }
 
 // The statuses of a rollout's device that the store sets itself; the

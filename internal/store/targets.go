@@ -50,14 +50,40 @@ func (db *DB) DeviceApps(ctx context.Context, deviceID string) ([]DeviceApp, err
 	as, err := queryAll(ctx, db.r, func(s scanner) (DeviceApp, error) {
 		var a DeviceApp
 		var updated int64
-		err := s.Scan(&a.App, &a.ReleaseID, &a.Pinned, &updated)
+		err := s.Scan(&a.App, &a.ReleaseID, &a.Pinned, &updated, &a.Generation)
 		a.Updated = fromMicros(updated)
 		return a, err
-	}, "SELECT app, release_id, pinned, updated FROM device_apps WHERE device_id = $1 ORDER BY app", deviceID)
+	}, "SELECT app, release_id, pinned, updated, generation FROM device_apps WHERE device_id = $1 ORDER BY app", deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("apps of device %s: %w", deviceID, err)
 	}
 	return as, nil
+}
+
+// DevicesApps implements Store.
+func (db *DB) DevicesApps(ctx context.Context, deviceIDs []string) (map[string][]DeviceApp, error) {
+	out := make(map[string][]DeviceApp, len(deviceIDs))
+	if len(deviceIDs) == 0 {
+		return out, nil
+	}
+	type row struct {
+		device string
+		app    DeviceApp
+	}
+	rows, err := queryAll(ctx, db.r, func(s scanner) (row, error) {
+		var r row
+		var updated int64
+		err := s.Scan(&r.device, &r.app.App, &r.app.ReleaseID, &r.app.Pinned, &updated, &r.app.Generation)
+		r.app.Updated = fromMicros(updated)
+		return r, err
+	}, "SELECT device_id, app, release_id, pinned, updated, generation FROM device_apps WHERE "+db.dialect.inList("device_id", 1)+" ORDER BY device_id, app", jsonList(deviceIDs))
+	if err != nil {
+		return nil, fmt.Errorf("apps of %d devices: %w", len(deviceIDs), err)
+	}
+	for _, r := range rows {
+		out[r.device] = append(out[r.device], r.app)
+	}
+	return out, nil
 }
 
 // TargetParts implements Store.
@@ -71,8 +97,9 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 		}
 	}
 	type ref struct {
-		device string
-		rel    Release
+		device     string
+		rel        Release
+		generation int64
 	}
 	// One device (a fetch, a poll on its own): plain equality, which
 	// every planner takes to the index; many: one JSON list each.
@@ -85,12 +112,12 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 	refs, err := queryAll(ctx, db.r, func(s scanner) (ref, error) {
 		var r ref
 		var created int64
-		if err := s.Scan(&r.device, &r.rel.FleetID, &r.rel.ID, &r.rel.App, &r.rel.Version, &created, &r.rel.CreatedBy, &r.rel.Signature, &r.rel.KeyID); err != nil {
+		if err := s.Scan(&r.device, &r.rel.FleetID, &r.rel.ID, &r.rel.App, &r.rel.Version, &created, &r.rel.CreatedBy, &r.rel.Signature, &r.rel.KeyID, &r.generation); err != nil {
 			return ref{}, err
 		}
 		r.rel.Created = fromMicros(created)
 		return r, nil
-	}, `SELECT a.device_id, r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id FROM device_apps a
+	}, `SELECT a.device_id, r.fleet_id, r.id, r.app, r.version, r.created, r.created_by, r.signature, r.key_id, a.generation FROM device_apps a
 		JOIN releases r ON r.fleet_id = a.fleet_id AND r.id = a.release_id
 		WHERE `+devWhere+` ORDER BY a.device_id, a.app`, devArg)
 	if err != nil {
@@ -114,6 +141,10 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 	for _, r := range refs {
 		p := parts[r.device]
 		p.Releases = append(p.Releases, r.rel)
+		if p.Generations == nil {
+			p.Generations = map[string]int64{}
+		}
+		p.Generations[r.rel.App] = r.generation
 		parts[r.device] = p
 	}
 	for _, d := range devices {
@@ -129,11 +160,11 @@ func (db *DB) TargetParts(ctx context.Context, devices []Device) (map[string]Tar
 }
 
 // AssignRelease implements Store.
-func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) ([]string, error) {
+func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, deviceIDs []string) (Assigned, error) {
 	ids := slices.Clone(deviceIDs)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	var changed []string
+	var changed Assigned
 	err := db.inTxRetry(ctx, func(tx *sql.Tx) error {
 		v, err := db.nextTarget(ctx, tx)
 		if err != nil {
@@ -144,7 +175,7 @@ func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, devi
 			return err
 		}
 		if len(ids) == 0 {
-			changed = nil
+			changed = Assigned{}
 			return nil
 		}
 		args := []any{fleetID}
@@ -162,13 +193,13 @@ func (db *DB) AssignRelease(ctx context.Context, fleetID, releaseID string, devi
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("assign release %s of fleet %s: %w", releaseID, fleetID, err)
+		return Assigned{}, fmt.Errorf("assign release %s of fleet %s: %w", releaseID, fleetID, err)
 	}
 	return changed, nil
 }
 
 // AssignFleet implements Store.
-func (db *DB) AssignFleet(ctx context.Context, fleetID, releaseID string) (changed []string, devices int, err error) {
+func (db *DB) AssignFleet(ctx context.Context, fleetID, releaseID string) (changed Assigned, devices int, err error) {
 	err = db.inTxRetry(ctx, func(tx *sql.Tx) error {
 		v, err := db.nextTarget(ctx, tx)
 		if err != nil {
@@ -188,7 +219,7 @@ func (db *DB) AssignFleet(ctx context.Context, fleetID, releaseID string) (chang
 		return err
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("assign release %s to fleet %s: %w", releaseID, fleetID, err)
+		return Assigned{}, 0, fmt.Errorf("assign release %s to fleet %s: %w", releaseID, fleetID, err)
 	}
 	return changed, devices, nil
 }
@@ -196,30 +227,47 @@ func (db *DB) AssignFleet(ctx context.Context, fleetID, releaseID string) (chang
 // assign points the fleet's devices matched by where (a condition on
 // devices' columns, its arguments from $5 on) at a release of app, in one
 // statement: a device's row for the app is inserted, or updated unless it
-// is pinned or already there, and RETURNING names exactly the devices whose
-// target changed; those get target version v.
-func (db *DB) assign(ctx context.Context, tx *sql.Tx, v int64, fleetID, releaseID, app, where string, args ...any) ([]string, error) {
-	// The WHERE in the SELECT also keeps SQLite from reading ON CONFLICT
-	// as a join's ON.
-	q := `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
-		SELECT id, $2, $1, $3, FALSE, $4 FROM devices WHERE fleet_id = $1 AND ` + where + `
-		ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated
-		WHERE device_apps.pinned = FALSE AND device_apps.release_id <> excluded.release_id
-		RETURNING device_id`
-	changed, err := queryAll(ctx, tx, func(s scanner) (string, error) {
+// is pinned to another release, with generation v. RETURNING names the
+// devices whose row it wrote, and a read before names those already on
+// the release: the rest changed. All of them get target version v (for
+// those already there, a renewal: see DeviceApp.Generation).
+func (db *DB) assign(ctx context.Context, tx *sql.Tx, v int64, fleetID, releaseID, app, where string, args ...any) (Assigned, error) {
+	ids := func(s scanner) (string, error) {
 		var id string
 		return id, s.Scan(&id)
-	}, q, append([]any{fleetID, app, releaseID, micros(db.now())}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("point devices at the release: %w", err)
 	}
-	slices.Sort(changed)
-	if len(changed) > 0 {
-		if err := db.setTarget(ctx, tx, v, db.dialect.inList("id", 2), jsonList(changed)); err != nil {
-			return nil, err
+	there, err := queryAll(ctx, tx, ids, `SELECT a.device_id FROM device_apps a JOIN devices ON devices.id = a.device_id
+		WHERE a.fleet_id = $1 AND a.app = $2 AND a.release_id = $3 AND `+shiftParams(where, -1),
+		append([]any{fleetID, app, releaseID}, args...)...)
+	if err != nil {
+		return Assigned{}, fmt.Errorf("devices on the release already: %w", err)
+	}
+	// The WHERE in the SELECT also keeps SQLite from reading ON CONFLICT
+	// as a join's ON.
+	q := `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated, generation)
+		SELECT id, $2, $1, $3, FALSE, $4, $5 FROM devices WHERE fleet_id = $1 AND ` + shiftParams(where, 1) + `
+		ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, updated = excluded.updated, generation = excluded.generation
+		WHERE device_apps.pinned = FALSE OR device_apps.release_id = excluded.release_id
+		RETURNING device_id`
+	written, err := queryAll(ctx, tx, ids, q, append([]any{fleetID, app, releaseID, micros(db.now()), v}, args...)...)
+	if err != nil {
+		return Assigned{}, fmt.Errorf("point devices at the release: %w", err)
+	}
+	slices.Sort(written)
+	var out Assigned
+	for _, id := range written {
+		if slices.Contains(there, id) {
+			out.Renewed = append(out.Renewed, id)
+		} else {
+			out.Changed = append(out.Changed, id)
 		}
 	}
-	return changed, nil
+	if len(written) > 0 {
+		if err := db.setTarget(ctx, tx, v, db.dialect.inList("id", 2), jsonList(written)); err != nil {
+			return Assigned{}, err
+		}
+	}
+	return out, nil
 }
 
 // PinRelease implements Store.
@@ -238,10 +286,10 @@ func (db *DB) PinRelease(ctx context.Context, deviceID, releaseID string) error 
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated)
-			VALUES ($1, $2, $3, $4, TRUE, $5)
-			ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, pinned = TRUE, updated = excluded.updated`,
-			deviceID, app, fleetID, releaseID, micros(db.now()))
+		_, err = tx.ExecContext(ctx, `INSERT INTO device_apps (device_id, app, fleet_id, release_id, pinned, updated, generation)
+			VALUES ($1, $2, $3, $4, TRUE, $5, $6)
+			ON CONFLICT (device_id, app) DO UPDATE SET release_id = excluded.release_id, pinned = TRUE, updated = excluded.updated, generation = excluded.generation`,
+			deviceID, app, fleetID, releaseID, micros(db.now()), v)
 		if err != nil {
 			return err
 		}
@@ -257,6 +305,26 @@ func (db *DB) PinRelease(ctx context.Context, deviceID, releaseID string) error 
 func (db *DB) UnpinApp(ctx context.Context, deviceID, app string) error {
 	res, err := db.w.ExecContext(ctx, "UPDATE device_apps SET pinned = FALSE WHERE device_id = $1 AND app = $2", deviceID, app)
 	return mustAffect(res, err, "unpin app %s of device %s", app, deviceID)
+}
+
+// RenewApp implements Store.
+func (db *DB) RenewApp(ctx context.Context, deviceID, app string) (int64, error) {
+	var v int64
+	err := db.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if v, err = db.nextTarget(ctx, tx); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE device_apps SET generation = $3, updated = $4 WHERE device_id = $1 AND app = $2", deviceID, app, v, micros(db.now()))
+		if err := mustAffect(res, err, "renew app %s of device %s", app, deviceID); err != nil {
+			return err
+		}
+		return db.setTarget(ctx, tx, v, "id = $2", deviceID)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return v, nil
 }
 
 // RemoveApp implements Store.

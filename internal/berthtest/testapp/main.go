@@ -9,6 +9,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -22,7 +23,11 @@ func main() {
 	lock := flag.Bool("lock", false, "hold flock on /run/berth/update.lock while /run/berth/hold exists")
 	handover := flag.Duration("handover-after", -1, "create $BERTH_HANDOVER_FILE after this long")
 	startDelay := flag.Duration("start-delay", 0, "wait this long before serving (healthy later)")
+	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM, as many real programs do: a stop takes the whole grace period")
 	flag.Parse()
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+	}
 	port := env("PORT", "8080")
 	if *check {
 		c := http.Client{Timeout: 2 * time.Second}

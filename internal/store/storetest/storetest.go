@@ -625,7 +625,10 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	before := try(s.LatestTargetVersion(ctx)).must(t)
 	changed, err := s.AssignRelease(ctx, lab.ID, nav2.ID, []string{r1.ID, r2.ID, r3.ID, r1.ID})
 	is(t, err, nil, "assign")
-	diff(t, "changed", sorted(r1.ID, r2.ID), sorted(changed...))
+	diff(t, "changed", sorted(r1.ID, r2.ID), sorted(changed.Changed...))
+	if len(changed.Renewed) != 0 {
+		t.Errorf("renewed %v: none had the release", changed.Renewed)
+	}
 	diff(t, "r1's apps", map[string]string{"nav": nav2.ID}, apps(r1.ID))
 	diff(t, "r2's apps", map[string]string{"nav": nav2.ID, "arm": arm1.ID}, apps(r2.ID))
 	diff(t, "pinned r3's apps", map[string]string{"nav": nav1.ID, "arm": arm1.ID}, apps(r3.ID))
@@ -640,12 +643,44 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	diff(t, "TargetChanges, one", []store.TargetChange{{DeviceID: first, Version: v1}}, try(s.TargetChanges(ctx, before, 1)).must(t))
 	diff(t, "TargetChanges, all", sorted(r1.ID, r2.ID), deviceIDs(try(s.TargetChanges(ctx, before, 0)).must(t)))
 
-	// Assigning what a device already has changes nothing.
+	// Each app's generation is the version that assigned it.
+	gens := func(id string) map[string]int64 {
+		m := map[string]int64{}
+		for _, a := range try(s.DeviceApps(ctx, id)).must(t) {
+			m[a.App] = a.Generation
+		}
+		return m
+	}
+	if g := gens(r1.ID)["nav"]; g != v1 {
+		t.Errorf("r1's nav at generation %d, want its target version %d", g, v1)
+	}
+	if g := gens(r3.ID)["nav"]; g > before {
+		t.Errorf("pinned r3's nav got generation %d from an assign it was passed by", g)
+	}
+
+	// Assigning what a device already has renews it: a new generation
+	// and target version, the release as it was.
 	changed, err = s.AssignRelease(ctx, lab.ID, nav2.ID, []string{r1.ID})
 	is(t, err, nil, "assign again")
-	if len(changed) != 0 || try(s.TargetVersion(ctx, r1.ID)).must(t) != v1 {
-		t.Errorf("assigning the same release again changed %v", changed)
+	v1again := try(s.TargetVersion(ctx, r1.ID)).must(t)
+	if len(changed.Changed) != 0 || !slices.Equal(changed.Renewed, []string{r1.ID}) || v1again <= v1 || gens(r1.ID)["nav"] != v1again {
+		t.Errorf("assigning the same release again: %+v, target version %d (was %d), generation %d", changed, v1again, v1, gens(r1.ID)["nav"])
 	}
+	diff(t, "r1's apps after the renewal", map[string]string{"nav": nav2.ID}, apps(r1.ID))
+	all := try(s.DevicesApps(ctx, []string{r1.ID, r3.ID, "nobody"})).must(t)
+	diff(t, "DevicesApps of r1", try(s.DeviceApps(ctx, r1.ID)).must(t), all[r1.ID])
+	diff(t, "DevicesApps of r3", try(s.DeviceApps(ctx, r3.ID)).must(t), all[r3.ID])
+	if len(all["nobody"]) != 0 {
+		t.Errorf("DevicesApps of no device: %+v", all["nobody"])
+	}
+
+	// RenewApp: one device's app, a new generation, nothing else.
+	g := try(s.RenewApp(ctx, r1.ID, "nav")).must(t)
+	if g <= v1again || gens(r1.ID)["nav"] != g || try(s.TargetVersion(ctx, r1.ID)).must(t) != g {
+		t.Errorf("RenewApp gave generation %d; the app has %d, the target version is %d", g, gens(r1.ID)["nav"], try(s.TargetVersion(ctx, r1.ID)).must(t))
+	}
+	_, err = s.RenewApp(ctx, r1.ID, "sonar")
+	is(t, err, store.ErrNotFound, "renew an app the device lacks")
 
 	// Scoping: nothing crosses fleets, and a failed assign changes nothing.
 	other := try(s.CreateDevice(ctx, field.ID, "o1", store.NewSecret("bd"))).must(t)
@@ -678,7 +713,7 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	is(t, s.UnpinApp(ctx, r3.ID, "nav"), nil, "unpin")
 	is(t, s.UnpinApp(ctx, r3.ID, "sonar"), store.ErrNotFound, "unpin an app the device lacks")
 	changed = try(s.AssignRelease(ctx, lab.ID, nav2.ID, []string{r3.ID})).must(t)
-	diff(t, "changed after unpinning", []string{r3.ID}, changed)
+	diff(t, "changed after unpinning", []string{r3.ID}, changed.Changed)
 
 	// The whole fleet at once, in one transaction: a pinned device stays,
 	// the others move, new devices start with it, other fleets are left.
@@ -686,7 +721,10 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	before = try(s.LatestTargetVersion(ctx)).must(t)
 	changed, devices, err := s.AssignFleet(ctx, lab.ID, nav1.ID)
 	is(t, err, nil, "assign to the whole fleet")
-	diff(t, "changed by AssignFleet", sorted(r1.ID, r3.ID), changed)
+	diff(t, "changed by AssignFleet", sorted(r1.ID, r3.ID), changed.Changed)
+	if len(changed.Renewed) != 0 {
+		t.Errorf("AssignFleet renewed %v, the pinned r2 among them?", changed.Renewed)
+	}
 	if devices != 3 {
 		t.Errorf("AssignFleet counted %d devices in the fleet, want 3", devices)
 	}
@@ -699,8 +737,8 @@ func testTargets(t *testing.T, s store.Store, _ *Clock) {
 	}
 	changed, _, err = s.AssignFleet(ctx, lab.ID, nav1.ID)
 	is(t, err, nil, "assign to the whole fleet again")
-	if len(changed) != 0 {
-		t.Errorf("assigning the fleet its release again changed %v", changed)
+	if len(changed.Changed) != 0 || !slices.Equal(changed.Renewed, sorted(r1.ID, r3.ID)) {
+		t.Errorf("assigning the fleet its release again: %+v, want r1 and r3 renewed (r2 is pinned elsewhere)", changed)
 	}
 	_, _, err = s.AssignFleet(ctx, lab.ID, fieldNav.ID)
 	is(t, err, store.ErrNotFound, "assign another fleet's release to the fleet")
@@ -918,8 +956,12 @@ func testRolloutStages(t *testing.T, s store.Store, _ *Clock) {
 		moved[0].PreviousRelease != nav1.ID || moved[0].StateVersion != 1 {
 		t.Errorf("stage 0 moved: %+v", moved)
 	}
-	if as := try(s.DeviceApps(ctx, r1.ID)).must(t); len(as) != 1 || as[0].ReleaseID != nav2.ID {
-		t.Errorf("r1's target after stage 0: %+v", as)
+	if as := try(s.DeviceApps(ctx, r1.ID)).must(t); len(as) != 1 || as[0].ReleaseID != nav2.ID || as[0].Generation != moved[0].Generation ||
+		moved[0].Generation != try(s.TargetVersion(ctx, r1.ID)).must(t) {
+		t.Errorf("r1's target after stage 0: %+v; moved at generation %d", as, moved[0].Generation)
+	}
+	if got := try(s.RolloutDevices(ctx, ro.ID)).must(t); got[0].DeviceID != r1.ID || got[0].Generation != moved[0].Generation {
+		t.Errorf("RolloutDevices after stage 0: %+v", got)
 	}
 	if try(s.TargetVersion(ctx, r2.ID)).must(t) != before {
 		t.Error("stage 0 moved r2's target")
@@ -979,6 +1021,19 @@ func testRolloutStages(t *testing.T, s store.Store, _ *Clock) {
 	if active := try(s.ActiveRollouts(ctx)).must(t); len(active) != 0 {
 		t.Errorf("active after completion: %+v", active)
 	}
+
+	// A device that has the release already is renewed: it needs the new
+	// generation (a failure there is tried again, an override ends).
+	r5 := try(s.CreateDevice(ctx, lab.ID, "r5", store.NewSecret("bd"))).must(t)
+	try(s.AssignRelease(ctx, lab.ID, nav2.ID, []string{r5.ID})).must(t)
+	r5gen := try(s.DeviceApps(ctx, r5.ID)).must(t)[0].Generation
+	ro2 := try(s.CreateRollout(ctx, store.Rollout{FleetID: lab.ID, ReleaseID: nav2.ID, CreatedBy: "user:alice"}, []store.RolloutDevice{{DeviceID: r5.ID, Stage: 0}})).must(t)
+	moved = try(s.MoveRolloutStage(ctx, ro2.ID, 0)).must(t)
+	if d := try(s.DeviceApps(ctx, r5.ID)).must(t); len(moved) != 1 || moved[0].PreviousRelease != nav2.ID || moved[0].Status != store.RolloutDeviceUpdating ||
+		d[0].Generation <= r5gen || d[0].Generation != moved[0].Generation {
+		t.Errorf("a device on the release already: moved %+v, its app %+v (generation before %d)", moved, d, r5gen)
+	}
+	try(s.SetRolloutStatus(ctx, ro2.ID, store.RolloutRunning, store.RolloutCompleted)).must(t)
 	_, err = s.MoveRolloutStage(ctx, "nothing", 0)
 	is(t, err, store.ErrNotFound, "move no rollout")
 }
