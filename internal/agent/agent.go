@@ -223,8 +223,15 @@ func (a *Agent) Deploy(ctx context.Context, app string, req localapi.DeployReque
 }
 
 func (a *Agent) deploy(ctx context.Context, app string, req localapi.DeployRequest, orig origin) (*localapi.OpResponse, error) {
+	files, err := a.bindFiles(&req.Spec, req.Files)
+	if err != nil {
+		return nil, err
+	}
 	rel, err := a.pin(ctx, app, req)
 	if err != nil {
+		return nil, err
+	}
+	if err := a.writeFiles(app, files); err != nil {
 		return nil, err
 	}
 	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D(), orig)
@@ -298,6 +305,9 @@ func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTi
 		return nil, err
 	}
 	if err := a.preflightEngine(a.ctx, rel); err != nil {
+		return nil, err
+	}
+	if err := a.checkFiles(rel); err != nil {
 		return nil, err
 	}
 	o, err := a.begin(app, kind, rel.ID, rel.Version)
@@ -414,6 +424,7 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 		delete(rec.Failed, drop)
 	}
 	rec.Kept = kept
+	a.gcFiles(app, kept)
 	if err := a.store.saveRecord(app, rec); err != nil {
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: release.PhaseFailed, Message: "could not record the committed release", Error: err.Error(), Done: true})
 		return

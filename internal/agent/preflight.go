@@ -144,6 +144,9 @@ func (a *Agent) Plan(ctx context.Context, app string, req localapi.DeployRequest
 	if err := rel.Validate(); err != nil {
 		return nil, fmt.Errorf("release refused: %w", err)
 	}
+	if _, err := a.bindFiles(&rel.Spec, req.Files); err != nil {
+		return nil, err
+	}
 	resp := &localapi.PlanResponse{App: app, Version: rel.Version}
 	pulls, err := a.resolveImages(ctx, &rel.Spec, true)
 	resp.Pulls = pulls

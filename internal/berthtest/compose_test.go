@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,4 +241,144 @@ func writeFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestConfigsAndSecrets deploys testdata/secrets: a secret from an
+// environment variable, a config from a file and one written in the file
+// reach the containers as read-only files with their owner and mode; the
+// secret's value shows nowhere (berth config, deploy and dry-run output,
+// status, releases, the agent's state and log); a new value switches only
+// the service that uses it, and a rollback brings the old value back.
+func TestConfigsAndSecrets(t *testing.T) {
+	t.Parallel()
+	env := NewEnv(t)
+	robot := env.NewDevice(t)
+	dir, err := filepath.Abs("testdata/secrets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token1, token2 := "tok1-"+randomID()+randomID(), "tok2-"+randomID()+randomID()
+	run := func(token string, args ...string) (string, error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if args[0] != "config" {
+			args = append(args, "--to", robot.Target())
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(env.Bin, "berth"), args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "TEST_IMAGE="+env.Images["a"], "API_TOKEN="+token)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	var outputs []string
+	must := func(token string, args ...string) string {
+		t.Helper()
+		out, err := run(token, args...)
+		if err != nil {
+			t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		outputs = append(outputs, out)
+		return out
+	}
+	must(token1, "config")
+	must(token1, "deploy", "--dry-run")
+	must(token1, "deploy")
+	a := robot.AwaitHealthy(t, "secrets")
+
+	web := inspect(t, serviceContainer(t, robot, "secrets", "web").ID)
+	files := map[string]string{}
+	for _, m := range web.Mounts {
+		files[m.Destination] = m.Source
+		if (m.Destination == "/run/secrets/api_token" || m.Destination == "/etc/robot.conf") && m.RW {
+			t.Errorf("%s is mounted read-write", m.Destination)
+		}
+	}
+	check := func(path, want string, uid, gid uint32, mode os.FileMode) {
+		t.Helper()
+		src := files[path]
+		b, err := os.ReadFile(src)
+		if err != nil || string(b) != want {
+			t.Fatalf("%s (from %s) holds %q (%v), want %q", path, src, b, err, want)
+		}
+		st, err := os.Stat(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		if sys.Uid != uid || sys.Gid != gid || st.Mode().Perm() != mode {
+			t.Errorf("%s: owner %d:%d mode %o, want %d:%d %o", path, sys.Uid, sys.Gid, st.Mode().Perm(), uid, gid, mode)
+		}
+		dst, err := os.Stat(filepath.Dir(src))
+		if err != nil || dst.Mode().Perm() != 0o700 {
+			t.Errorf("the directory of %s: %v %v, want 0700 (root's only)", path, dst.Mode(), err)
+		}
+	}
+	check("/run/secrets/api_token", token1, 1000, 1000, 0o400)
+	check("/etc/robot.conf", "max_speed=1.5\nname=robot\n", 0, 0, 0o444)
+	other := inspect(t, serviceContainer(t, robot, "secrets", "other").ID)
+	for _, m := range other.Mounts {
+		if m.Destination == "/calibration" {
+			if b, _ := os.ReadFile(m.Source); string(b) != "offset=0.1\n" {
+				t.Errorf("/calibration holds %q", b)
+			}
+		}
+	}
+
+	// A new value: only web switches.
+	must(token2, "deploy")
+	b := robot.AwaitHealthy(t, "secrets")
+	if b.Release == a.Release {
+		t.Fatal("a new secret value kept the release")
+	}
+	if b.Services["web"].Container == a.Services["web"].Container {
+		t.Error("web kept its container with a new secret")
+	}
+	if b.Services["other"].Container != a.Services["other"].Container {
+		t.Error("other, which does not use the secret, was switched")
+	}
+	web2 := inspect(t, serviceContainer(t, robot, "secrets", "web").ID)
+	for _, m := range web2.Mounts {
+		if m.Destination == "/run/secrets/api_token" {
+			if v, _ := os.ReadFile(m.Source); string(v) != token2 {
+				t.Errorf("after the switch the secret holds %q", v)
+			}
+		}
+	}
+	// A rollback brings the old value back with the old container.
+	must(token2, "rollback", "--app", "secrets")
+	c := robot.AwaitHealthy(t, "secrets")
+	if c.Release != a.Release {
+		t.Fatalf("after the rollback: release %s, want %s", release.ShortID(c.Release), release.ShortID(a.Release))
+	}
+	for _, m := range inspect(t, serviceContainer(t, robot, "secrets", "web").ID).Mounts {
+		if m.Destination == "/run/secrets/api_token" {
+			if v, _ := os.ReadFile(m.Source); string(v) != token1 {
+				t.Errorf("after the rollback the secret holds %q", v)
+			}
+		}
+	}
+
+	// The values show nowhere but in those files.
+	outputs = append(outputs, must(token2, "status", "--json"), must(token2, "releases", "--app", "secrets", "--json"))
+	for _, out := range outputs {
+		if strings.Contains(out, token1) || strings.Contains(out, token2) {
+			t.Errorf("a secret value is in berth's output:\n%s", out)
+		}
+	}
+	err = filepath.WalkDir(robot.StateDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.Contains(p, string(filepath.Separator)+"files"+string(filepath.Separator)) {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err == nil && (strings.Contains(string(b), token1) || strings.Contains(string(b), token2)) {
+			t.Errorf("%s holds a secret value", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := os.ReadFile(filepath.Join(filepath.Dir(robot.StateDir), "berthd.log"))
+	noSecrets(t, "berthd's log", log, token1, token2)
 }

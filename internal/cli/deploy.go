@@ -131,7 +131,11 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 			return fmt.Errorf("deploy %s: sending images: %w", app, err)
 		}
 	}
-	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout), By: whoDeploys(), OverrideTTL: release.Duration(f.overrideTTL)}
+	files, err := p.ReadFiles()
+	if err != nil {
+		return err
+	}
+	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout), By: whoDeploys(), OverrideTTL: release.Duration(f.overrideTTL), Files: files}
 	resp, err := cl.Deploy(ctx, app, req)
 	if err != nil {
 		return fmt.Errorf("deploy %s to %s: %w", app, f.to, err)
@@ -240,7 +244,11 @@ func dryRun(ctx context.Context, cl *localapi.Client, p *compose.Project, f depl
 		}
 		plan.Pin(p.Spec)
 	}
-	req := localapi.DeployRequest{Version: f.version, Spec: *p.Spec, Force: f.force}
+	files, err := p.ReadFiles()
+	if err != nil {
+		return err
+	}
+	req := localapi.DeployRequest{Version: f.version, Spec: *p.Spec, Force: f.force, Files: files}
 	resp, err := cl.Plan(ctx, p.App, req)
 	if err != nil {
 		return fmt.Errorf("plan a deploy of %s to %s: %w", p.App, f.to, err)

@@ -71,6 +71,9 @@ berth release assign ID --fleet FLEET --all.`,
 			if err != nil {
 				return err
 			}
+			if len(p.Files) > 0 {
+				return fmt.Errorf("%s uses runtime configs or secrets, which only berth deploy sends to a device for now (a fleet release cannot carry their values yet); nothing was created: %w", p.App, release.ErrInvalid)
+			}
 			name, spec := p.App, p.Spec
 			if err := buildStale(ctx, p, version, bf, bf.platform, c.ErrOrStderr()); err != nil {
 				return err

@@ -72,10 +72,13 @@ type Project struct {
 	App    string
 	Spec   *release.Spec
 	Builds map[string]Build // by service; nil when no service has build:
-	// Dir is the project directory (absolute); Files the Compose files read,
-	// in order (absolute).
-	Dir   string
-	Files []string
+	// Dir is the project directory (absolute); ComposeFiles the Compose
+	// files read, in order (absolute).
+	Dir          string
+	ComposeFiles []string
+	// Files are the sources of the runtime configs and secrets the
+	// services use, by FileSource.Key.
+	Files map[string]FileSource
 }
 
 // Build is a service's build: section, as berth builds it.
@@ -231,8 +234,19 @@ func load(ctx context.Context, files []string, opts Options) (*Project, error) {
 		Volumes:  make(map[string]release.Volume, len(project.Volumes)),
 	}
 	builds := map[string]Build{}
+	fileSrcs := map[string]FileSource{}
 	for name, s := range project.Services {
 		svc := service(name, s, srcs, &refused)
+		var cfgs []types.FileReferenceConfig
+		for _, c := range s.Configs {
+			cfgs = append(cfgs, types.FileReferenceConfig(c))
+		}
+		var secs []types.FileReferenceConfig
+		for _, c := range s.Secrets {
+			secs = append(secs, types.FileReferenceConfig(c))
+		}
+		svc.Configs = fileRefs(project, name, release.KindConfig, cfgs, fileSrcs, srcs, &refused)
+		svc.Secrets = fileRefs(project, name, release.KindSecret, secs, fileSrcs, srcs, &refused)
 		if s.Build != nil {
 			b := buildOf(name, s, project, srcs, &refused)
 			if svc.Image == "" {
@@ -267,7 +281,7 @@ func load(ctx context.Context, files []string, opts Options) (*Project, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	return &Project{App: project.Name, Spec: spec, Builds: mapOrNil(builds), Dir: project.WorkingDir, Files: po.ConfigPaths}, nil
+	return &Project{App: project.Name, Spec: spec, Builds: mapOrNil(builds), Dir: project.WorkingDir, ComposeFiles: po.ConfigPaths, Files: mapOrNil(fileSrcs)}, nil
 }
 
 // service maps one Compose service, refusing the values berth cannot run.
@@ -440,6 +454,7 @@ func supported() []tree.Path {
 		"deploy.mode", "deploy.replicas", "deploy.resources.limits.cpus", "deploy.resources.limits.memory",
 		"deploy.resources.limits.pids", "deploy.resources.reservations.memory", "deploy.resources.reservations.devices",
 		"deploy.restart_policy.condition", "deploy.restart_policy.max_attempts",
+		"secrets", "configs",
 		// docker compose up ignores these too: they steer its output and compose watch
 		"attach", "develop",
 	}
@@ -455,8 +470,9 @@ func supported() []tree.Path {
 	for _, a := range []string{"context", "dockerfile", "args", "target", "labels", "platforms", "secrets"} {
 		prefixes = append(prefixes, "services.*.build."+a)
 	}
-	// top-level secrets serve builds only: a service's runtime secrets: stay refused
-	prefixes = append(prefixes, "secrets.*.file", "secrets.*.environment")
+	// top-level secrets serve builds and services; configs serve services
+	prefixes = append(prefixes, "secrets.*.file", "secrets.*.environment", "secrets.*.name", "secrets.*.external",
+		"configs.*.file", "configs.*.environment", "configs.*.content", "configs.*.name", "configs.*.external")
 
 	// the loader writes short syntax mounts with an empty volume: or tmpfs:
 	// mapping; what goes inside them is refused
@@ -501,10 +517,7 @@ func hintFor(p tree.Path) string {
 	case "extends", "include":
 		return "a remote file: copy it next to the Compose file"
 	case "secrets", "configs":
-		if parts[0] == "secrets" {
-			return "a top-level secret is a file or an environment variable, for builds"
-		}
-		return "bind-mount the file with volumes: instead"
+		return "berth takes a config's or secret's value from a file:, an environment: variable or (a config) content:"
 	case "links", "external_links":
 		return "services reach each other by name on a shared network; use networks.<name>.aliases for another name"
 	case "volumes_from":

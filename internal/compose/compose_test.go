@@ -115,8 +115,6 @@ func TestLoadRefused(t *testing.T) {
 			"testdata/refuse.yaml:8: services.web.deploy.placement: not supported by berth (it steers a swarm's scheduler",
 			"testdata/refuse.yaml:10: services.web.deploy.replicas: not supported by berth (3 replicas: berth runs one container per service",
 			"testdata/refuse.yaml:11: services.web.cpu_count: not supported by berth (Windows containers only)",
-			"testdata/refuse.yaml:12: services.web.secrets:",
-			"testdata/refuse.yaml:13: services.web.configs:",
 			"testdata/refuse.yaml:14: services.web.links: not supported by berth (services reach each other by name",
 			"testdata/refuse.yaml:15: services.web.volumes_from:",
 			"testdata/refuse.yaml:16: services.web.use_api_socket:",
@@ -124,7 +122,6 @@ func TestLoadRefused(t *testing.T) {
 			"testdata/refuse.yaml:23: services.web.networks.default.gw_priority:",
 			"testdata/refuse.yaml:26: services.db.scale: not supported by berth (scale 2",
 			"testdata/refuse.yaml:28: services.db.blkio_config.device_read_bps: not supported by berth (berth applies blkio_config.weight)",
-			"testdata/refuse.yaml:33: configs:",
 		}},
 		{"values", []string{"refuse-values.yaml"}, Options{}, []string{
 			`testdata/refuse-values.yaml:7: services.web.ports.[].mode: not supported by berth (mode "host"`,

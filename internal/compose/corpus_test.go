@@ -315,6 +315,21 @@ func compareWithModel(p *types.Project, spec *release.Spec) []string {
 		slices.Sort(deps)
 		slices.Sort(bdeps)
 		diff(name, "depends_on", deps, bdeps)
+		var secrets, bsecrets []string
+		for _, r := range s.Secrets {
+			target := r.Target
+			if target == "" {
+				target = r.Source
+			}
+			if !strings.HasPrefix(target, "/") {
+				target = "/run/secrets/" + target
+			}
+			secrets = append(secrets, r.Source+":"+target)
+		}
+		for _, r := range b.Secrets {
+			bsecrets = append(bsecrets, r.Source+":"+r.Target)
+		}
+		diff(name, "secrets", secrets, bsecrets)
 		mem := int64(s.MemLimit)
 		if s.Deploy != nil && s.Deploy.Resources.Limits != nil && s.Deploy.Resources.Limits.MemoryBytes != 0 {
 			mem = int64(s.Deploy.Resources.Limits.MemoryBytes)

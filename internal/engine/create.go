@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -246,6 +247,17 @@ func (c *Client) containerConfig(ctx context.Context, rel *release.Release, serv
 			return nil, nil, nil, nil, fmt.Errorf("service %s: %w", service, err)
 		}
 		host.Mounts = append(host.Mounts, mt)
+	}
+	// Runtime configs and secrets: the agent writes each value into the
+	// app's files directory, beside its lock directory; mounted read-only.
+	for kind, refs := range map[string][]release.FileRef{release.KindConfig: svc.Configs, release.KindSecret: svc.Secrets} {
+		for _, r := range refs {
+			if lockDir == "" || r.Digest == "" {
+				return nil, nil, nil, nil, fmt.Errorf("service %s: %s %s has no value on this device: %w", service, kind, r.Source, release.ErrInvalid)
+			}
+			src := filepath.Join(filepath.Dir(lockDir), "files", r.FileName(kind))
+			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: src, Target: r.Target, ReadOnly: true})
+		}
 	}
 	if len(svc.Tmpfs) > 0 {
 		host.Tmpfs = map[string]string{}

@@ -23,6 +23,10 @@ type DeployRequest struct {
 	// OverrideTTL, on a fleet device, returns the app to its fleet release
 	// that long after this deploy (0: until the next fleet release).
 	OverrideTTL release.Duration `json:"override_ttl,omitempty"`
+	// Files are the values of the spec's runtime configs and secrets, by
+	// "config/NAME" and "secret/NAME". They never become part of the
+	// release, and no answer holds them.
+	Files map[string][]byte `json:"files,omitempty"`
 }
 
 // PlanResponse is what a deploy would do, answered without changing

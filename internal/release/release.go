@@ -130,6 +130,12 @@ type Service struct {
 	// as docker compose: pulled only when the engine lacks it).
 	PullPolicy string     `json:"pull_policy,omitempty"`
 	Resources  *Resources `json:"resources,omitempty"`
+	// Configs and Secrets are the runtime configs and secrets the container
+	// sees as files. Their values are never part of a spec: each reference
+	// carries the digest the agent keys with its own secret, so a new value
+	// makes a new container of exactly the services that use it.
+	Configs []FileRef `json:"configs,omitempty"`
+	Secrets []FileRef `json:"secrets,omitempty"`
 	// Follows holds the spec hashes of the services whose containers this
 	// one's joins (network_mode, ipc or pid service:NAME) or restarts with
 	// (depends_on restart: true), so that a new container of those makes a
@@ -178,6 +184,51 @@ func (s *Spec) Bind() error {
 		s.Services[name] = svc
 	}
 	return nil
+}
+
+// FileRef mounts one of the app's configs or secrets into a container: the
+// file Target (absolute), owned by UID:GID with Mode, read-only.
+type FileRef struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
+	UID    string `json:"uid,omitempty"`
+	GID    string `json:"gid,omitempty"`
+	Mode   uint32 `json:"mode,omitempty"` // 0: 0444
+	// Digest names the value: an HMAC the agent keys with a secret of its
+	// own, so it tells nothing of the value. Set by the agent.
+	Digest string `json:"digest,omitempty"`
+}
+
+// Kinds of FileRef.
+const (
+	KindConfig = "config"
+	KindSecret = "secret"
+)
+
+// FileName is the file that holds the value of ref of kind (config or
+// secret) in the app's files directory on the device, with ref's owner and
+// mode: one file per value, owner and mode, so a container's mount never
+// changes under it.
+func (f FileRef) FileName(kind string) string {
+	mode := f.Mode
+	if mode == 0 {
+		mode = 0o444
+	}
+	d := f.Digest
+	if i := strings.LastIndexByte(d, ':'); i >= 0 {
+		d = d[i+1:]
+	}
+	if len(d) > 24 {
+		d = d[:24]
+	}
+	return fmt.Sprintf("%s-%s-%s-%s-%s-%o", kind, f.Source, d, orZero(f.UID), orZero(f.GID), mode)
+}
+
+func orZero(s string) string {
+	if s == "" {
+		return "0"
+	}
+	return s
 }
 
 // Pull policies of a service's image.
@@ -384,6 +435,15 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+func numericOrEmpty(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return len(s) <= 10
+}
+
 var containerNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -471,6 +531,14 @@ func (s *Spec) Validate() error {
 			if d.Condition == ConditionHealthy {
 				if hc := s.Services[dep].Healthcheck; hc != nil && hc.Disable {
 					return fmt.Errorf("service %s waits for %s to be healthy, but %s disables its healthcheck: %w", name, dep, dep, ErrInvalid)
+				}
+			}
+		}
+		for kind, refs := range map[string][]FileRef{KindConfig: svc.Configs, KindSecret: svc.Secrets} {
+			for _, f := range refs {
+				if !ValidName(f.Source) || !strings.HasPrefix(f.Target, "/") || strings.Contains(f.Target, "..") || f.Mode > 0o777 ||
+					!numericOrEmpty(f.UID) || !numericOrEmpty(f.GID) || strings.ContainsAny(f.Digest, "/\x00") {
+					return fmt.Errorf("service %s: %s %q: want a name, an absolute target without '..', numeric uid and gid and a mode up to 0777: %w", name, kind, f.Source, ErrInvalid)
 				}
 			}
 		}
