@@ -226,11 +226,18 @@ func (a *Agent) Deploy(ctx context.Context, app string, req localapi.DeployReque
 }
 
 func (a *Agent) deploy(ctx context.Context, app string, req localapi.DeployRequest, orig origin) (*localapi.OpResponse, error) {
+	files, err := a.bindFiles(&req.Spec, req.Files)
+	if err != nil {
+		return nil, err
+	}
 	rel, err := a.pin(ctx, app, req)
 	if err != nil {
 		return nil, err
 	}
 	orig.settle = req.Settle.D()
+	if err := a.writeFiles(app, files); err != nil {
+		return nil, err
+	}
 	return a.start(app, "deploy", rel, req.Force, req.LockTimeout.D(), orig)
 }
 
@@ -244,25 +251,11 @@ func (a *Agent) pin(ctx context.Context, app string, req localapi.DeployRequest)
 	if err := rel.Validate(); err != nil {
 		return nil, fmt.Errorf("release refused, nothing changed: %w", err)
 	}
-	var missing []string
-	for _, name := range sortedNames(rel.Spec.Services) {
-		s := rel.Spec.Services[name]
-		id, err := a.eng.ImageID(ctx, s.Image)
-		if errors.Is(err, release.ErrNotFound) {
-			missing = append(missing, fmt.Sprintf("%s (service %s)", s.Image, name))
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if s.ImageID != "" && s.ImageID != id {
-			return nil, fmt.Errorf("service %s: image %s is %s on the device, not %s as pinned: %w", name, s.Image, release.ShortID(id), release.ShortID(s.ImageID), release.ErrConflict)
-		}
-		s.ImageID = id
-		rel.Spec.Services[name] = s
+	if _, err := a.resolveImages(ctx, &rel.Spec, false); err != nil {
+		return nil, err
 	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("images not on the device's engine: %s; nothing changed; load them first (docker load, or berth push): %w", strings.Join(missing, ", "), release.ErrNotFound)
+	if err := rel.Spec.Bind(); err != nil {
+		return nil, err
 	}
 	rel.Seal()
 	return rel, nil
@@ -313,6 +306,12 @@ func (a *Agent) resolveKept(rec appRecord, id string) string {
 
 func (a *Agent) start(app, kind string, rel *release.Release, force bool, lockTimeout time.Duration, orig origin) (*localapi.OpResponse, error) {
 	if err := a.preflightDisk(); err != nil {
+		return nil, err
+	}
+	if err := a.preflightEngine(a.ctx, rel); err != nil {
+		return nil, err
+	}
+	if err := a.checkFiles(rel); err != nil {
 		return nil, err
 	}
 	o, err := a.begin(app, kind, rel.ID, rel.Version)
@@ -433,6 +432,7 @@ func (a *Agent) committed(o *op, rel *release.Release, warning error) {
 		delete(rec.Failed, drop)
 	}
 	rec.Kept = kept
+	a.gcFiles(app, kept)
 	if err := a.store.saveRecord(app, rec); err != nil {
 		a.emit(localapi.Event{Op: o.id, App: app, Release: rel.ID, Phase: release.PhaseFailed, Message: "could not record the committed release", Error: err.Error(), Done: true})
 		return

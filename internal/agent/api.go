@@ -116,6 +116,14 @@ func (a *Agent) Handler() http.Handler {
 		resp, err := a.Deploy(r.Context(), r.PathValue("app"), req)
 		replyStatus(w, http.StatusAccepted, resp, err)
 	})
+	mux.HandleFunc("POST /v1/apps/{app}/plan", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.DeployRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := a.Plan(r.Context(), r.PathValue("app"), req)
+		reply(w, resp, err)
+	})
 	mux.HandleFunc("POST /v1/apps/{app}/rollback", func(w http.ResponseWriter, r *http.Request) {
 		var req localapi.RollbackRequest
 		if !decode(w, r, &req) {

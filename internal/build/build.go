@@ -97,7 +97,13 @@ type Engine interface {
 // Options steer Run.
 type Options struct {
 	// Platform is os/arch[/variant] to build for; "" is the engine's own.
+	// Another than the engine's own makes the auto builder BuildKit, which
+	// runs build stages FROM --platform=$BUILDPLATFORM natively and
+	// cross-compiles; the classic builder would need an emulator.
 	Platform string
+	// Native is the engine's own platform, os/arch[/variant]; Run finds it
+	// when empty.
+	Native string
 	// Args override build args of the file (and berth's own).
 	Args map[string]string
 	// Out gets one prefixed line stream per service and the summary; nil
@@ -146,6 +152,45 @@ func Stale(ctx context.Context, eng Engine, plan *Plan, t Target, platform strin
 	return false
 }
 
+// ownArgsWarning reports the classic builder's warning about build args
+// that no Dockerfile line consumed, when it names only berth's own.
+func ownArgsWarning(l string) bool {
+	rest, ok := strings.CutPrefix(l, "[Warning] One or more build-args [")
+	if !ok {
+		return false
+	}
+	names, ok := strings.CutSuffix(rest, "] were not consumed")
+	if !ok {
+		return false
+	}
+	for _, n := range strings.Fields(names) {
+		if _, platform := platformArgs("linux/amd64")[n]; n != ArgVersion && !platform {
+			return false
+		}
+	}
+	return true
+}
+
+// platformArgs are BuildKit's automatic platform build args for a build on
+// and for the platform os/arch[/variant].
+func platformArgs(p string) map[string]string {
+	if p == "" {
+		return nil
+	}
+	parts := strings.SplitN(p, "/", 3)
+	if len(parts) < 2 {
+		return nil
+	}
+	variant := ""
+	if len(parts) == 3 {
+		variant = parts[2]
+	}
+	return map[string]string{
+		"BUILDPLATFORM": p, "BUILDOS": parts[0], "BUILDARCH": parts[1], "BUILDVARIANT": variant,
+		"TARGETPLATFORM": p, "TARGETOS": parts[0], "TARGETARCH": parts[1], "TARGETVARIANT": variant,
+	}
+}
+
 // splitPlatform splits os/arch[/variant] into os and arch.
 func splitPlatform(p string) (goos, arch string) {
 	goos, arch, _ = strings.Cut(p, "/")
@@ -159,7 +204,17 @@ func splitPlatform(p string) (goos, arch string) {
 // and the engine lacks, fails the run before anything is built.
 func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, error) {
 	start := time.Now()
-	builders, err := chooseBuilders(ctx, eng, plan, o.Builder)
+	if o.Native == "" {
+		b, err := eng.Builders(ctx)
+		if err != nil {
+			return nil, err
+		}
+		o.Native = b.Platform()
+	}
+	if o.Platform == o.Native {
+		o.Platform = ""
+	}
+	builders, err := chooseBuilders(ctx, eng, plan, o.Builder, o.Platform != "")
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +276,17 @@ func Run(ctx context.Context, eng Engine, plan *Plan, o Options) ([]Result, erro
 		}
 	}
 	if len(failed) > 0 {
-		return results, fmt.Errorf("build of %s failed: %s (the images of the other services were built and tagged)", plan.App, strings.Join(failed, ", "))
+		var built []string
+		for _, r := range results {
+			if r.Error == "" {
+				built = append(built, r.Service)
+			}
+		}
+		what := "none was built"
+		if len(built) > 0 {
+			what = "the images of " + strings.Join(built, ", ") + " were built and tagged"
+		}
+		return results, fmt.Errorf("build of %s failed: %s (%s)", plan.App, strings.Join(failed, ", "), what)
 	}
 	return results, nil
 }
@@ -230,8 +295,8 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	start := time.Now()
 	r := Result{Service: t.Service, Image: t.Tag, Builder: builder}
 	line := func(l string) {
-		if strings.TrimSpace(l) == "" || l == "[Warning] One or more build-args ["+ArgVersion+"] were not consumed" {
-			return // berth's own arg, offered to every Dockerfile
+		if strings.TrimSpace(l) == "" || ownArgsWarning(l) {
+			return // berth's own args, offered to every Dockerfile
 		}
 		r.Log = append(r.Log, l)
 		say(t.Service, l)
@@ -265,6 +330,16 @@ func buildOne(ctx context.Context, eng Engine, plan *Plan, t Target, o Options, 
 	bo := engine.BuildOptions{Tags: t.Tags, Target: t.Target, Args: args, Labels: labels, Platform: o.Platform}
 	var id string
 	var err error
+	// The platform args, so one Dockerfile serves both builders: BuildKit
+	// sets the TARGET ones from the platform itself, but a global ARG
+	// BUILDPLATFORM (which the classic builder needs to expand FROM
+	// --platform=$BUILDPLATFORM) takes its value from the build args; the
+	// classic builder builds only for its own platform and sets none.
+	for k, v := range platformArgs(o.Native) {
+		if _, set := bo.Args[k]; !set && (builder != BuilderBuildKit || strings.HasPrefix(k, "BUILD")) {
+			bo.Args[k] = v
+		}
+	}
 	if builder == BuilderBuildKit {
 		id, err = buildKit(ctx, eng, t, dfAbs, bo, line)
 	} else {

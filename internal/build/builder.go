@@ -40,11 +40,12 @@ func ParseBuilder(s string) (Builder, error) {
 }
 
 // chooseBuilders picks the builder of each target: the one asked for, else
-// BuildKit when it is the engine's default or the target has build secrets
-// (the classic builder would leave them in the image), else the classic
-// builder. It fails, before anything is built, when a target needs what the
+// BuildKit when it is the engine's default, the target has build secrets
+// (the classic builder would leave them in the image) or the build is for
+// another platform (cross: the classic builder runs every stage on the
+// target platform, which needs an emulator), else the classic builder. It fails, before anything is built, when a target needs what the
 // engine lacks or a build secret cannot be read.
-func chooseBuilders(ctx context.Context, eng Engine, plan *Plan, want Builder) ([]Builder, error) {
+func chooseBuilders(ctx context.Context, eng Engine, plan *Plan, want Builder, cross bool) ([]Builder, error) {
 	for _, t := range plan.Targets {
 		if err := checkSecrets(t); err != nil {
 			return nil, fmt.Errorf("service %s: %w; nothing was built", t.Service, err)
@@ -66,7 +67,7 @@ func chooseBuilders(ctx context.Context, eng Engine, plan *Plan, want Builder) (
 				t.Service, secretIDs(t), EnvBuilder, release.ErrInvalid)
 		case want != BuilderAuto:
 			out[i] = want
-		case offer.Default == "2" || len(t.Secrets) > 0:
+		case offer.Default == "2" || len(t.Secrets) > 0 || cross:
 			out[i] = BuilderBuildKit
 			need = true
 		default:
@@ -85,7 +86,9 @@ func chooseBuilders(ctx context.Context, eng Engine, plan *Plan, want Builder) (
 	if !offer.BuildKit {
 		who := usersOf(plan, out)
 		why := "--builder buildkit was asked for"
-		if want == BuilderAuto {
+		if want == BuilderAuto && cross {
+			why = "building for another platform than the engine's without an emulator needs it"
+		} else if want == BuilderAuto {
 			why = "their build secrets need it"
 		}
 		return nil, fmt.Errorf("the Docker Engine (API %s, %s) offers no BuildKit, which %s needs (%s); nothing was built: %s: %w",

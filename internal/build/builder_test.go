@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 
 	"github.com/berth-robotics/berth/internal/compose"
 	"github.com/berth-robotics/berth/internal/engine"
+	"github.com/berth-robotics/berth/internal/release"
 )
 
 // fakeEngine offers the builders it is given, takes sessions unless
@@ -87,7 +90,7 @@ func TestChooseBuilders(t *testing.T) {
 			if tt.targets != nil {
 				p.Targets = tt.targets
 			}
-			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer, noSessions: tt.noSess}, &p, tt.want)
+			got, err := chooseBuilders(context.Background(), &fakeEngine{builders: tt.offer, noSessions: tt.noSess}, &p, tt.want, false)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("err %v, want %q", err, tt.err)
@@ -101,5 +104,52 @@ func TestChooseBuilders(t *testing.T) {
 				t.Errorf("builders (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// TestRunAllFailedSaysNoneBuilt: when every build fails, the error does not
+// claim that the other services' images were built.
+func TestRunAllFailedSaysNoneBuilt(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"a/Dockerfile", "b/Dockerfile"} {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("FROM scratch\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &compose.Project{App: "robot", Spec: &release.Spec{Services: map[string]release.Service{"a": {Image: "robot-a"}, "b": {Image: "robot-b"}}},
+		Builds: map[string]compose.Build{"a": {Context: dir, Dockerfile: "a/Dockerfile"}, "b": {Context: dir, Dockerfile: "b/Dockerfile"}}}
+	plan, err := NewPlan(p, Version{Describe: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := &fakeEngine{builders: engine.Builders{Default: "1", OS: "linux", Arch: "amd64"}}
+	_, err = Run(context.Background(), eng, plan, Options{})
+	if err == nil || !strings.Contains(err.Error(), "none was built") || strings.Contains(err.Error(), "were built") {
+		t.Errorf("err = %v, want it to say none was built", err)
+	}
+	if eng.builds != 2 {
+		t.Errorf("%d builds asked, want 2", eng.builds)
+	}
+}
+
+// TestChooseBuildersCross: a build for another platform goes to BuildKit
+// even where the engine's default is the classic builder.
+func TestChooseBuildersCross(t *testing.T) {
+	plan := &Plan{App: "robot", Targets: []Target{{Service: "a"}}}
+	eng := &fakeEngine{builders: engine.Builders{Default: "1", BuildKit: true, OS: "linux", Arch: "amd64"}}
+	got, err := chooseBuilders(context.Background(), eng, plan, BuilderAuto, true)
+	if err != nil || len(got) != 1 || got[0] != BuilderBuildKit {
+		t.Errorf("cross: %v %v, want buildkit", got, err)
+	}
+	got, err = chooseBuilders(context.Background(), eng, plan, BuilderAuto, false)
+	if err != nil || got[0] != BuilderClassic {
+		t.Errorf("native: %v %v, want classic", got, err)
+	}
+	eng.builders.BuildKit = false
+	if _, err := chooseBuilders(context.Background(), eng, plan, BuilderAuto, true); err == nil || !strings.Contains(err.Error(), "another platform") {
+		t.Errorf("cross without BuildKit: %v, want a refusal naming the other platform", err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -37,15 +36,13 @@ func (b *buildFlags) add(c *cobra.Command, withSkip bool) {
 
 func newBuild() *cobra.Command {
 	var (
-		files    []string
-		app      string
-		version  string
-		profiles []string
-		asJSON   bool
-		bf       buildFlags
+		pf      projectFlags
+		version string
+		asJSON  bool
+		bf      buildFlags
 	)
 	c := &cobra.Command{
-		Use:   "build -f compose.yaml [SERVICE...]",
+		Use:   "build [-f compose.yaml] [SERVICE...]",
 		Short: "Build the images of the services with a build: section",
 		Long: `build makes the image of every service with a build: section (or of the
 services named) through the local Docker Engine: context, dockerfile, target,
@@ -67,11 +64,11 @@ arg BERTH_VERSION.
 berth deploy and berth release create build first what is stale.`,
 		RunE: func(c *cobra.Command, services []string) error {
 			ctx := c.Context()
-			p, err := compose.LoadProject(ctx, files, compose.Options{ProjectName: app, Profiles: profiles})
+			p, err := pf.load(ctx)
 			if err != nil {
 				return err
 			}
-			v, err := buildVersion(ctx, files, version)
+			v, err := buildVersion(ctx, p, version)
 			if err != nil {
 				return err
 			}
@@ -105,22 +102,20 @@ berth deploy and berth release create build first what is stale.`,
 			return err
 		},
 	}
-	c.Flags().StringSliceVarP(&files, "file", "f", []string{"compose.yaml"}, "Compose file(s); later ones override earlier")
-	c.Flags().StringVar(&app, "app", "", "app name (default: the Compose project name)")
+	pf.add(c, true)
 	c.Flags().StringVar(&version, "version", "", "image version (default: git describe --tags --dirty --always)")
-	c.Flags().StringSliceVar(&profiles, "profile", nil, "Compose profiles to enable")
 	c.Flags().StringVar(&bf.platform, "platform", "", "build for os/arch[/variant] (default: the engine's own)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the results as JSON (progress goes to stderr)")
 	bf.add(c, false)
 	return c
 }
 
-// buildVersion is --version, else git describe in the first file's directory.
-func buildVersion(ctx context.Context, files []string, flag string) (build.Version, error) {
+// buildVersion is --version, else git describe in the project directory.
+func buildVersion(ctx context.Context, p *compose.Project, flag string) (build.Version, error) {
 	if flag != "" {
 		return build.Version{Describe: flag}, nil
 	}
-	return build.GitVersion(ctx, filepath.Dir(files[0]))
+	return build.GitVersion(ctx, p.Dir)
 }
 
 // options turns the flags into build.Options.
@@ -156,11 +151,11 @@ func (b *buildFlags) options(ctx context.Context, eng *engine.Client, out io.Wri
 // buildStale builds, before a deploy or a release, the images of p's
 // services with build: that are stale for the platform os/arch ("" is the
 // local engine's), and points p's spec at them. Progress goes to out.
-func buildStale(ctx context.Context, p *compose.Project, files []string, version string, bf buildFlags, platform string, out io.Writer) error {
+func buildStale(ctx context.Context, p *compose.Project, version string, bf buildFlags, platform string, out io.Writer) error {
 	if len(p.Builds) == 0 {
 		return nil
 	}
-	v, err := buildVersion(ctx, files, version)
+	v, err := buildVersion(ctx, p, version)
 	if err != nil {
 		return err
 	}

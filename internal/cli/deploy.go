@@ -8,29 +8,28 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/berth-robotics/berth/internal/build"
 	"github.com/berth-robotics/berth/internal/compose"
 	"github.com/berth-robotics/berth/internal/localapi"
 	"github.com/berth-robotics/berth/internal/release"
 )
 
 type deployFlags struct {
-	files       []string
-	app         string
+	project     projectFlags
 	to          string
 	version     string
 	force       bool
 	lockTimeout time.Duration
 	overrideTTL time.Duration
 	json        bool
-	profiles    []string
 	noPush      bool
+	dryRun      bool
 	acceptNew   bool
 	build       buildFlags
 }
@@ -38,7 +37,7 @@ type deployFlags struct {
 func newDeploy(string) *cobra.Command {
 	var f deployFlags
 	c := &cobra.Command{
-		Use:   "deploy -f compose.yaml [--app NAME] --to TARGET",
+		Use:   "deploy [-f compose.yaml] [-p APP] --to TARGET",
 		Short: "Switch an app on a device to the release a Compose file describes",
 		Long: `deploy reads a Compose file, sends the release to the device's agent and
 follows the switch: wait for update locks, switch each service by its update
@@ -53,15 +52,14 @@ images are sent to the device unless it has them.`,
 			return runDeploy(c.Context(), f, c.OutOrStdout())
 		},
 	}
-	c.Flags().StringSliceVarP(&f.files, "file", "f", []string{"compose.yaml"}, "Compose file(s); later ones override earlier")
-	c.Flags().StringVar(&f.app, "app", "", "app name (default: the Compose project name)")
+	f.project.add(c, true)
 	c.Flags().StringVar(&f.version, "version", "", "release version (default: git describe --tags --dirty --always)")
 	c.Flags().BoolVar(&f.force, "force", false, "switch without waiting for update locks or maintenance windows")
 	c.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 0, "how long to wait for a held update lock (default: the agent's, 10m)")
 	c.Flags().DurationVar(&f.overrideTTL, "override-ttl", 0, "on a fleet device: return the app to its fleet release this long after the deploy (default: until the next fleet release)")
-	c.Flags().StringSliceVar(&f.profiles, "profile", nil, "Compose profiles to enable")
 	c.Flags().BoolVar(&f.json, "json", false, "print a JSON summary instead of progress")
 	c.Flags().BoolVar(&f.noPush, "no-push", false, "do not send images from the local engine; the device must have them")
+	c.Flags().BoolVar(&f.dryRun, "dry-run", false, "print what the deploy would do on the device (images to pull, the steps of the switch) and change nothing: no build, no image sent")
 	f.build.add(c, true)
 	addTarget(c, &f.to)
 	return c
@@ -82,20 +80,23 @@ type deployResult struct {
 
 func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 	start := time.Now()
-	p, err := compose.LoadProject(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
+	p, err := f.project.load(ctx)
 	if err != nil {
 		return err
 	}
 	app, spec := p.App, p.Spec
 	imageVersion := f.version // "" tags built images by git describe, with its dirty check
 	if f.version == "" {
-		f.version = gitVersion(filepath.Dir(f.files[0]))
+		f.version = gitVersion(p.Dir)
 	}
 	cl, err := dial(ctx, f.to, f.acceptNew)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
+	if f.dryRun {
+		return dryRun(ctx, cl, p, f, imageVersion, out)
+	}
 	if len(p.Builds) > 0 {
 		platform := ""
 		if !f.build.noBuild {
@@ -109,7 +110,7 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 		if f.json {
 			log = io.Discard
 		}
-		if err := buildStale(ctx, p, f.files, imageVersion, f.build, platform, log); err != nil {
+		if err := buildStale(ctx, p, imageVersion, f.build, platform, log); err != nil {
 			return err
 		}
 	}
@@ -118,6 +119,9 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 		var images []string
 		seen := map[string]bool{}
 		for _, name := range sortedServices(spec) {
+			if spec.Services[name].PullPolicy == release.PullAlways {
+				continue // the device pulls it
+			}
 			if img := spec.Services[name].Image; !seen[img] {
 				seen[img] = true
 				images = append(images, img)
@@ -127,7 +131,11 @@ func runDeploy(ctx context.Context, f deployFlags, out io.Writer) error {
 			return fmt.Errorf("deploy %s: sending images: %w", app, err)
 		}
 	}
-	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout), By: whoDeploys(), OverrideTTL: release.Duration(f.overrideTTL)}
+	files, err := p.ReadFiles()
+	if err != nil {
+		return err
+	}
+	req := localapi.DeployRequest{Version: f.version, Spec: *spec, Force: f.force, LockTimeout: release.Duration(f.lockTimeout), By: whoDeploys(), OverrideTTL: release.Duration(f.overrideTTL), Files: files}
 	resp, err := cl.Deploy(ctx, app, req)
 	if err != nil {
 		return fmt.Errorf("deploy %s to %s: %w", app, f.to, err)
@@ -220,4 +228,54 @@ func whoDeploys() string {
 	}
 	host, _ := os.Hostname()
 	return name + "@" + host
+}
+
+// dryRun prints what a deploy would do: the images it would build here, the
+// ones the device would pull, and the switch against what runs there.
+func dryRun(ctx context.Context, cl *localapi.Client, p *compose.Project, f deployFlags, imageVersion string, out io.Writer) error {
+	if len(p.Builds) > 0 {
+		v, err := buildVersion(ctx, p, imageVersion)
+		if err != nil {
+			return err
+		}
+		plan, err := build.NewPlan(p, v)
+		if err != nil {
+			return err
+		}
+		plan.Pin(p.Spec)
+	}
+	files, err := p.ReadFiles()
+	if err != nil {
+		return err
+	}
+	req := localapi.DeployRequest{Version: f.version, Spec: *p.Spec, Force: f.force, Files: files}
+	resp, err := cl.Plan(ctx, p.App, req)
+	if err != nil {
+		return fmt.Errorf("plan a deploy of %s to %s: %w", p.App, f.to, err)
+	}
+	if f.json {
+		return printJSON(out, resp)
+	}
+	cur := "nothing"
+	if resp.Current != "" {
+		cur = "release " + release.ShortID(resp.Current)
+	}
+	fmt.Fprintf(out, "dry run: %s %s on %s (runs %s now); nothing was changed\n", p.App, resp.Version, f.to, cur)
+	for _, img := range resp.Pulls {
+		fmt.Fprintf(out, "  pull %s\n", img)
+	}
+	switch {
+	case resp.NoChange:
+		fmt.Fprintf(out, "  release %s already runs; nothing to do\n", release.ShortID(resp.Release))
+	case len(resp.Steps) == 0:
+		fmt.Fprintln(out, "  every container is up to date; the deploy would only record the release")
+	default:
+		if resp.Release != "" {
+			fmt.Fprintf(out, "  release %s, %d steps:\n", release.ShortID(resp.Release), len(resp.Steps))
+		}
+		for i, s := range resp.Steps {
+			fmt.Fprintf(out, "  %2d %s\n", i+1, s)
+		}
+	}
+	return nil
 }

@@ -5,14 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/berth-robotics/berth/internal/build"
-	"github.com/berth-robotics/berth/internal/compose"
 	"github.com/berth-robotics/berth/internal/devloop"
 	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/localapi"
@@ -23,7 +22,7 @@ func newDev() *cobra.Command {
 	var f deployFlags
 	var settle, poll time.Duration
 	c := &cobra.Command{
-		Use:   "dev -f compose.yaml [--app NAME] --to TARGET",
+		Use:   "dev [-f compose.yaml] [-p APP] --to TARGET",
 		Short: "Watch a Compose project; on each saved change rebuild, send and switch it on the device",
 		Long: `dev builds the services of a Compose file that have build: sections, deploys
 the app to the device as berth deploy does, then watches their build contexts
@@ -40,9 +39,7 @@ leaves the last release that passed its health gate running.`,
 			return runDev(c.Context(), f, settle, poll, c.OutOrStdout())
 		},
 	}
-	c.Flags().StringSliceVarP(&f.files, "file", "f", []string{"compose.yaml"}, "Compose file(s); later ones override earlier")
-	c.Flags().StringVar(&f.app, "app", "", "app name (default: the Compose project name)")
-	c.Flags().StringSliceVar(&f.profiles, "profile", nil, "Compose profiles to enable")
+	f.project.add(c, true)
 	c.Flags().BoolVar(&f.force, "force", false, "switch without waiting for update locks or maintenance windows")
 	c.Flags().DurationVar(&settle, "settle", 2*time.Second, "how long a service without a healthcheck must run without restarting to count as up (the agent's own setting otherwise, 10s by default)")
 	c.Flags().DurationVar(&poll, "poll", 300*time.Millisecond, "how often the build contexts are looked at")
@@ -54,12 +51,12 @@ leaves the last release that passed its health gate running.`,
 // runDev is berth dev: the CLI's build, push, switch and logs, in
 // devloop's watch loop.
 func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out io.Writer) error {
-	p, err := compose.LoadProject(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
+	p, err := f.project.load(ctx)
 	if err != nil {
 		return err
 	}
 	if len(p.Builds) == 0 {
-		return fmt.Errorf("%s has no service with a build: section: nothing for berth dev to rebuild (berth deploy sends it as it is): %w", f.files[0], release.ErrInvalid)
+		return fmt.Errorf("%s has no service with a build: section: nothing for berth dev to rebuild (berth deploy sends it as it is): %w", strings.Join(p.ComposeFiles, ", "), release.ErrInvalid)
 	}
 	cl, err := dial(ctx, f.to, f.acceptNew)
 	if err != nil {
@@ -84,12 +81,7 @@ func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out 
 		return err
 	}
 	bo.Platform = platform
-	var files []string
-	for _, file := range f.files {
-		if abs, err := filepath.Abs(file); err == nil {
-			files = append(files, abs)
-		}
-	}
+	files := p.ComposeFiles // absolute
 	contexts := map[string]string{}
 	for svc, b := range p.Builds {
 		contexts[svc] = b.Context
@@ -100,7 +92,7 @@ func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out 
 		Contexts: contexts, Files: files, Poll: poll, Out: out,
 		Build: func(ctx context.Context, services []string) error {
 			if services == nil { // the Compose file changed, or the first round
-				np, err := compose.LoadProject(ctx, f.files, compose.Options{ProjectName: f.app, Profiles: f.profiles})
+				np, err := f.project.load(ctx)
 				if err != nil {
 					return err
 				}
@@ -108,7 +100,7 @@ func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out 
 				p = np
 				mu.Unlock()
 			}
-			v, err := buildVersion(ctx, f.files, "")
+			v, err := buildVersion(ctx, p, "")
 			if err != nil {
 				return err
 			}
@@ -127,11 +119,18 @@ func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out 
 		},
 		Deploy: func(ctx context.Context) error {
 			mu.Lock()
-			spec, ver := *p.Spec, version
+			spec, ver, proj := *p.Spec, version, p
 			mu.Unlock()
+			values, err := proj.ReadFiles() // runtime configs and secrets
+			if err != nil {
+				return err
+			}
 			var images []string
 			seen := map[string]bool{}
 			for _, name := range sortedServices(&spec) {
+				if spec.Services[name].PullPolicy == release.PullAlways {
+					continue // the device pulls it
+				}
 				if img := spec.Services[name].Image; !seen[img] {
 					seen[img] = true
 					images = append(images, img)
@@ -142,7 +141,7 @@ func runDev(ctx context.Context, f deployFlags, settle, poll time.Duration, out 
 				return fmt.Errorf("sending the images: %w", err)
 			}
 			fmt.Fprintf(out, "switching %s to %s: a service without a healthcheck must run %s without restarting (dev mode; the agent's own setting otherwise)\n", p.App, ver, settle)
-			req := localapi.DeployRequest{Version: ver, Spec: spec, Force: f.force, By: whoDeploys(), Settle: release.Duration(settle)}
+			req := localapi.DeployRequest{Version: ver, Spec: spec, Force: f.force, By: whoDeploys(), Settle: release.Duration(settle), Files: values}
 			resp, err := cl.Deploy(ctx, p.App, req)
 			if err != nil {
 				return fmt.Errorf("deploy %s: %w", p.App, err)

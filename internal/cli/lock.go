@@ -12,10 +12,11 @@ import (
 )
 
 func newLock() *cobra.Command {
-	var to, app, holder string
+	var to, holder string
+	var pf projectFlags
 	var ttl time.Duration
 	c := &cobra.Command{
-		Use:   "lock --to TARGET --app NAME [--ttl 1h]",
+		Use:   "lock --to TARGET [--app NAME] [--ttl 1h]",
 		Short: "Hold off updates of an app (switches wait; downloads do not)",
 		Long: `lock takes an app's update lock through the agent's API for a while. Until it
 runs out or berth unlock drops it, a deploy downloads but waits before switching.
@@ -23,6 +24,10 @@ Apps can take the same lock themselves: flock(2) on /run/berth/update.lock
 inside any of their containers.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return err
+			}
 			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
 			if err != nil {
 				return err
@@ -42,20 +47,24 @@ inside any of their containers.`,
 		},
 	}
 	addTarget(c, &to)
-	c.Flags().StringVar(&app, "app", "", "the app (required)")
+	addAppFlags(c, &pf)
 	c.Flags().StringVar(&holder, "holder", "", "who holds it, shown to whoever deploys (default user@host)")
 	c.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the lock lasts")
-	_ = c.MarkFlagRequired("app")
 	return c
 }
 
 func newUnlock() *cobra.Command {
-	var to, app string
+	var to string
+	var pf projectFlags
 	c := &cobra.Command{
-		Use:   "unlock --to TARGET --app NAME",
+		Use:   "unlock --to TARGET [--app NAME]",
 		Short: "Drop the update lock taken with berth lock",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return err
+			}
 			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
 			if err != nil {
 				return err
@@ -69,7 +78,6 @@ func newUnlock() *cobra.Command {
 		},
 	}
 	addTarget(c, &to)
-	c.Flags().StringVar(&app, "app", "", "the app (required)")
-	_ = c.MarkFlagRequired("app")
+	addAppFlags(c, &pf)
 	return c
 }

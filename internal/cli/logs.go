@@ -14,11 +14,12 @@ import (
 )
 
 func newLogs() *cobra.Command {
-	var to, app, tail, device, fleet, since string
+	var to, tail, device, fleet, since string
+	var pf projectFlags
 	var follow, asJSON bool
 	var sf serverFlags
 	c := &cobra.Command{
-		Use:   "logs (--to TARGET --app NAME | --device DEVICE [--app NAME]) [SERVICE] [-f]",
+		Use:   "logs (--to TARGET [--app NAME] | --device DEVICE [--app NAME]) [SERVICE] [-f]",
 		Short: "Show an app's container logs, one service or all, each line prefixed with its service",
 		Long: `logs shows container logs: from a device directly (--to, an SSH or socket
 target), or, with --device, as the device shipped them to the fleet server
@@ -31,10 +32,11 @@ DEVICE is a device's ID, or its name together with --fleet.`,
 				service = args[0]
 			}
 			if device != "" {
-				return serverLogs(c, &sf, fleet, device, app, service, since, tail, follow, asJSON)
+				return serverLogs(c, &sf, fleet, device, pf.name, service, since, tail, follow, asJSON)
 			}
-			if app == "" {
-				return errors.New("which app? give --app (or --device to read a fleet device's logs from the server)")
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return fmt.Errorf("%w (or --device to read a fleet device's logs from the server)", err)
 			}
 			if since != "" || asJSON {
 				return errors.New("--since and --json go with --device (the fleet server's copy of the logs)")
@@ -52,7 +54,7 @@ DEVICE is a device's ID, or its name together with --fleet.`,
 	}
 	addTarget(c, &to)
 	addServerFlags(c, &sf)
-	c.Flags().StringVar(&app, "app", "", "the app (required with --to)")
+	addAppFlags(c, &pf)
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep following new lines")
 	c.Flags().StringVar(&tail, "tail", "100", `lines to show from the end of each log, or "all" (with --device: in all, at most 1000)`)
 	c.Flags().StringVar(&device, "device", "", "a fleet device: read the logs it shipped to the fleet server")

@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/berth-robotics/berth/internal/compose"
 	"github.com/berth-robotics/berth/internal/content"
 	"github.com/berth-robotics/berth/internal/engine"
 	"github.com/berth-robotics/berth/internal/localreg"
@@ -41,13 +39,13 @@ func newRelease() *cobra.Command {
 		return nil
 	}
 
-	var files, profiles []string
+	var pf projectFlags
 	var app, version string
 	var noUpload bool
 	var bf buildFlags
 	var signKey string
 	create := &cobra.Command{
-		Use:   "create -f compose.yaml --fleet FLEET [--app NAME] [--version V] [--no-upload] [--json]",
+		Use:   "create [-f compose.yaml] --fleet FLEET [-p APP] [--version V] [--no-upload] [--json]",
 		Short: "Upload an app's images and make a release of it from a Compose file in a fleet",
 		Long: `create reads the Compose file(s) as berth deploy does, uploads the services'
 images from the local Docker Engine to the server (services with a build:
@@ -71,16 +69,19 @@ berth release assign ID --fleet FLEET --all.`,
 				return err
 			}
 			ctx := c.Context()
-			p, err := compose.LoadProject(ctx, files, compose.Options{ProjectName: app, Profiles: profiles})
+			p, err := pf.load(ctx)
 			if err != nil {
 				return err
 			}
+			if len(p.Files) > 0 {
+				return fmt.Errorf("%s uses runtime configs or secrets, which only berth deploy sends to a device for now (a fleet release cannot carry their values yet); nothing was created: %w", p.App, release.ErrInvalid)
+			}
 			name, spec := p.App, p.Spec
-			if err := buildStale(ctx, p, files, version, bf, bf.platform, c.ErrOrStderr()); err != nil {
+			if err := buildStale(ctx, p, version, bf, bf.platform, c.ErrOrStderr()); err != nil {
 				return err
 			}
 			if version == "" {
-				version = gitVersion(filepath.Dir(files[0]))
+				version = gitVersion(p.Dir)
 			}
 			if signKey == "" {
 				signKey = os.Getenv("BERTH_SIGN_KEY")
@@ -126,10 +127,8 @@ berth release assign ID --fleet FLEET --all.`,
 			})
 		},
 	}
-	create.Flags().StringSliceVarP(&files, "file", "f", []string{"compose.yaml"}, "Compose file(s); later ones override earlier")
-	create.Flags().StringVar(&app, "app", "", "app name (default: the Compose project name)")
+	pf.add(create, true)
 	create.Flags().StringVar(&version, "version", "", "release version (default: git describe --tags --dirty --always)")
-	create.Flags().StringSliceVar(&profiles, "profile", nil, "Compose profiles to enable")
 	create.Flags().StringVar(&signKey, "sign-key", "", "sign the release with this private key (berth keys generate; env BERTH_SIGN_KEY); required by fleets with signing keys")
 	create.Flags().BoolVar(&noUpload, "no-upload", false, "do not upload images; record them by reference (devices must get them another way)")
 	create.Flags().StringVar(&bf.platform, "platform", "", "build services with build: for os/arch[/variant] (default: the local engine's)")

@@ -10,13 +10,18 @@ import (
 )
 
 func newReleases() *cobra.Command {
-	var to, app string
+	var to string
+	var pf projectFlags
 	var asJSON bool
 	c := &cobra.Command{
-		Use:   "releases --to TARGET --app NAME",
+		Use:   "releases --to TARGET [--app NAME]",
 		Short: "List the releases of an app kept on the device for rollback",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return err
+			}
 			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
 			if err != nil {
 				return err
@@ -45,8 +50,7 @@ func newReleases() *cobra.Command {
 		},
 	}
 	addTarget(c, &to)
-	c.Flags().StringVar(&app, "app", "", "the app (required)")
+	addAppFlags(c, &pf)
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	_ = c.MarkFlagRequired("app")
 	return c
 }

@@ -8,13 +8,18 @@ import (
 )
 
 func newRm() *cobra.Command {
-	var to, app string
+	var to string
+	var pf projectFlags
 	var volumes, asJSON bool
 	c := &cobra.Command{
-		Use:   "rm --to TARGET --app NAME [--volumes]",
+		Use:   "rm --to TARGET [--app NAME] [--volumes]",
 		Short: "Remove an app from a device (its volumes only with --volumes)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return err
+			}
 			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
 			if err != nil {
 				return err
@@ -37,9 +42,8 @@ func newRm() *cobra.Command {
 		},
 	}
 	addTarget(c, &to)
-	c.Flags().StringVar(&app, "app", "", "the app (required)")
+	addAppFlags(c, &pf)
 	c.Flags().BoolVar(&volumes, "volumes", false, "also remove the app's named volumes (its data)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	_ = c.MarkFlagRequired("app")
 	return c
 }

@@ -11,13 +11,18 @@ import (
 )
 
 func newRollback() *cobra.Command {
-	var to, app, rel string
+	var to, rel string
+	var pf projectFlags
 	var force, asJSON bool
 	c := &cobra.Command{
-		Use:   "rollback --to TARGET --app NAME [--release ID]",
+		Use:   "rollback --to TARGET [--app NAME] [--release ID]",
 		Short: "Switch an app back to a release kept on the device (default: the previous one)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			app, err := pf.app(c.Context())
+			if err != nil {
+				return err
+			}
 			start := time.Now()
 			cl, err := dial(c.Context(), to, acceptNewHostKey(c))
 			if err != nil {
@@ -57,10 +62,9 @@ func newRollback() *cobra.Command {
 		},
 	}
 	addTarget(c, &to)
-	c.Flags().StringVar(&app, "app", "", "the app (required)")
+	addAppFlags(c, &pf)
 	c.Flags().StringVar(&rel, "release", "", "release ID (or a prefix) to go back to; default: the previous one")
 	c.Flags().BoolVar(&force, "force", false, "do not wait for update locks or maintenance windows")
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
-	_ = c.MarkFlagRequired("app")
 	return c
 }

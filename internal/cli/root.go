@@ -49,7 +49,7 @@ back on failure. The device runs berthd, the agent; this command talks to it.`,
 	root.AddCommand(
 		newDeploy(version), newDev(), newStatus(), newRollback(), newReleases(), newLogs(),
 		newLock(), newUnlock(), newRm(), newPush(), newQuickstart(version),
-		newBuild(), newInstall(), newUninstall(),
+		newBuild(), newConfig(), newInstall(), newUninstall(),
 		newServer(), newLogin(), newFleet(), newDevice(), newRelease(), newUser(), newRollout(), newKeys(),
 	)
 	return root

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -110,42 +111,31 @@ func TestLoadRefused(t *testing.T) {
 	}{
 		{"attributes", []string{"refuse.yaml"}, Options{}, []string{
 			"testdata/refuse.yaml:4: services.web.build.cache_from: not supported by berth (berth builds context, dockerfile, target, args, labels, platforms and secrets)",
-			"testdata/refuse.yaml:5: services.web.container_name: not supported by berth (berth names containers itself",
-			"testdata/refuse.yaml:6: services.web.deploy: not supported by berth",
-			"testdata/refuse.yaml:9: services.web.cpus: not supported by berth",
-			"testdata/refuse.yaml:10: services.web.mem_limit:",
-			"testdata/refuse.yaml:11: services.web.pid:",
-			"testdata/refuse.yaml:12: services.web.ipc:",
-			"testdata/refuse.yaml:13: services.web.sysctls:",
-			"testdata/refuse.yaml:15: services.web.security_opt:",
-			"testdata/refuse.yaml:16: services.web.secrets:",
-			"testdata/refuse.yaml:17: services.web.configs:",
-			`testdata/refuse.yaml:21: services.web.ports.[].mode: not supported by berth (mode "host"`,
-			// short syntax: the line of the list, the attribute has none of its own
-			"testdata/refuse.yaml:22: services.web.volumes.[].bind.selinux:",
-			"testdata/refuse.yaml:22: services.web.volumes.[].volume.nocopy:",
-			"testdata/refuse.yaml:25: services.web.volumes.[]: not supported by berth (anonymous volume at /anon",
-			"testdata/refuse.yaml:28: services.web.networks.default.priority:",
-			"testdata/refuse.yaml:32: services.web.depends_on.db.restart:",
-			"testdata/refuse.yaml:35: services.db.scale:",
-			"testdata/refuse.yaml:36: services.db.extends:",
-			"testdata/refuse.yaml:41: configs:",
-			"testdata/refuse.yaml:48: networks.default.ipam:",
+			"testdata/refuse.yaml:6: services.web.deploy.labels: not supported by berth (it steers a swarm's scheduler and has no meaning on one device",
+			"testdata/refuse.yaml:8: services.web.deploy.placement: not supported by berth (it steers a swarm's scheduler",
+			"testdata/refuse.yaml:10: services.web.deploy.replicas: not supported by berth (3 replicas: berth runs one container per service",
+			"testdata/refuse.yaml:11: services.web.cpu_count: not supported by berth (Windows containers only)",
+			"testdata/refuse.yaml:14: services.web.links: not supported by berth (services reach each other by name",
+			"testdata/refuse.yaml:15: services.web.volumes_from:",
+			"testdata/refuse.yaml:16: services.web.use_api_socket:",
+			`testdata/refuse.yaml:20: services.web.ports.[].mode: not supported by berth (mode "host"`,
+			"testdata/refuse.yaml:23: services.web.networks.default.gw_priority:",
+			"testdata/refuse.yaml:26: services.db.scale: not supported by berth (scale 2",
+			"testdata/refuse.yaml:28: services.db.blkio_config.device_read_bps: not supported by berth (berth applies blkio_config.weight)",
 		}},
 		{"values", []string{"refuse-values.yaml"}, Options{}, []string{
 			`testdata/refuse-values.yaml:7: services.web.ports.[].mode: not supported by berth (mode "host"`,
-			"testdata/refuse-values.yaml:10: services.web.volumes.[]: not supported by berth (anonymous volume at /anon",
-			"testdata/refuse-values.yaml:15: services.web.volumes.[].bind.create_host_path:",
-			`testdata/refuse-values.yaml:16: services.web.volumes.[].type: not supported by berth (type "npipe"`,
-			`testdata/refuse-values.yaml:21: services.side.network_mode: not supported by berth ("service:web"`,
-			`testdata/refuse-values.yaml:24: services.other.network_mode: not supported by berth ("container:abc"`,
+			"testdata/refuse-values.yaml:14: services.web.volumes.[].bind.create_host_path:",
+			`testdata/refuse-values.yaml:15: services.web.volumes.[].type: not supported by berth (type "npipe"`,
+			`testdata/refuse-values.yaml:23: services.other.network_mode: not supported by berth ("container:abc": a container outside the app`,
+			`testdata/refuse-values.yaml:24: services.other.ipc: not supported by berth ("container:abc"`,
 			`testdata/refuse-values.yaml:27: services.bridged.network_mode:`,
 		}},
 		{"profile-active", []string{"profiles.yaml"}, Options{Profiles: []string{"debug"}}, []string{
 			"testdata/profiles.yaml:9: services.debug.build.cache_from: not supported by berth",
 		}},
 		{"second-file", []string{"minimal.yaml", "refuse-override.yaml"}, Options{}, []string{
-			"testdata/refuse-override.yaml:4: services.app.stdin_open: not supported by berth",
+			"testdata/refuse-override.yaml:4: services.app.cpu_percent: not supported by berth",
 		}},
 	}
 	for _, tt := range tests {
@@ -231,5 +221,120 @@ func paths(names ...string) []string {
 	for i, n := range names {
 		out[i] = filepath.Join("testdata", n)
 	}
+	return out
+}
+
+// TestLoadDiscover loads a project as docker compose does: file names,
+// override files, .env, --env-file, COMPOSE_FILE, COMPOSE_PROJECT_NAME,
+// COMPOSE_PROFILES, a project directory, the search up the tree, extends.
+func TestLoadDiscover(t *testing.T) {
+	dir, err := filepath.Abs("testdata/discover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		cwd     string
+		files   []string
+		opts    Options
+		app     string
+		image   string
+		env     map[string]string
+		mount   string
+		enabled []string
+	}{
+		{name: "here", cwd: dir, app: "discover", image: "app:7",
+			env: map[string]string{"MODE": "base", "OVERRIDDEN": "yes"}, mount: "/srv/data", enabled: []string{"app", "worker"}},
+		{name: "up-the-tree", cwd: filepath.Join(dir, "sub", "deeper"), app: "discover", image: "app:7", mount: "/srv/data"},
+		{name: "env-file", cwd: dir, opts: Options{EnvFiles: []string{filepath.Join(dir, "prod.env")}}, app: "discover", image: "app:8",
+			env: map[string]string{"MODE": "prod", "OVERRIDDEN": "yes"}, mount: "/srv/other"},
+		{name: "os-env-wins", cwd: dir, opts: Options{Env: map[string]string{"TAG": "9"}}, app: "discover", image: "app:9", mount: "/srv/data"},
+		{name: "project-name-env", cwd: dir, opts: Options{Env: map[string]string{"COMPOSE_PROJECT_NAME": "lab"}}, app: "lab", image: "app:7"},
+		{name: "project-name-flag", cwd: dir, opts: Options{ProjectName: "flag", Env: map[string]string{"COMPOSE_PROJECT_NAME": "lab"}}, app: "flag", image: "app:7"},
+		{name: "profiles-env", cwd: dir, opts: Options{Env: map[string]string{"COMPOSE_PROFILES": "debug"}}, app: "discover", image: "app:7",
+			enabled: []string{"app", "tools", "worker"}},
+		{name: "compose-file-env", cwd: t.TempDir(), opts: Options{Env: map[string]string{"COMPOSE_FILE": filepath.Join(dir, "docker-compose.yml")}},
+			app: "discover", image: "app:7", env: map[string]string{"MODE": "base"}}, // COMPOSE_FILE names no override
+		{name: "project-directory", cwd: t.TempDir(), opts: Options{WorkingDir: dir}, app: "discover", image: "app:7",
+			env: map[string]string{"MODE": "base", "OVERRIDDEN": "yes"}},
+		{name: "explicit-files", cwd: t.TempDir(), files: []string{filepath.Join(dir, "docker-compose.yml")}, app: "discover", image: "app:7",
+			env: map[string]string{"MODE": "base"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Chdir(tt.cwd)
+			if tt.opts.Env == nil {
+				tt.opts.Env = map[string]string{}
+			}
+			p, err := LoadProject(context.Background(), tt.files, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.App != tt.app {
+				t.Errorf("app = %q, want %q", p.App, tt.app)
+			}
+			if p.Dir != dir {
+				t.Errorf("project directory = %q, want %q", p.Dir, dir)
+			}
+			app := p.Spec.Services["app"]
+			if app.Image != tt.image {
+				t.Errorf("image = %q, want %q", app.Image, tt.image)
+			}
+			if tt.env != nil {
+				if diff := cmp.Diff(tt.env, app.Environment); diff != "" {
+					t.Errorf("environment (-want +got):\n%s", diff)
+				}
+			}
+			if tt.mount != "" && (len(app.Mounts) != 1 || app.Mounts[0].Source != tt.mount) {
+				t.Errorf("mounts = %+v, want source %s", app.Mounts, tt.mount)
+			}
+			if tt.enabled != nil {
+				var got []string
+				for _, n := range sortedKeys(p.Spec.Services) {
+					got = append(got, n)
+				}
+				if diff := cmp.Diff(tt.enabled, got); diff != "" {
+					t.Errorf("services (-want +got):\n%s", diff)
+				}
+			}
+			w := p.Spec.Services["worker"]
+			if w.Ipc != "host" || w.Environment["FROM_BASE"] != "1" || w.Image != strings.Replace(tt.image, "app", "worker", 1) || w.Command[0] != "work" {
+				t.Errorf("worker (extends common.yaml) = %+v", w)
+			}
+		})
+	}
+}
+
+// TestLoadErrorsNameFileAndLine: a variable the .env lacks makes the loader
+// fail deep in its conversion; the error still names the file and line.
+func TestLoadErrorsNameFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte("services:\n  app:\n    image: a\n    volumes:\n      - ${DATA_DIR}:/media/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	_, _, err := Load(context.Background(), nil, Options{Env: map[string]string{}})
+	if !errors.Is(err, release.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	if !strings.Contains(err.Error(), "compose.yaml:5:") || !strings.Contains(err.Error(), "DATA_DIR not set") {
+		t.Errorf("err = %v, want it to name compose.yaml:5", err)
+	}
+}
+
+func TestLoadNoFileFound(t *testing.T) {
+	t.Chdir(t.TempDir())
+	_, _, err := Load(context.Background(), nil, Options{Env: map[string]string{}})
+	if !errors.Is(err, release.ErrInvalid) || !strings.Contains(err.Error(), "compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml") {
+		t.Errorf("err = %v, want a no-file error naming the names looked for", err)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
 	return out
 }

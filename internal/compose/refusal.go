@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/berth-robotics/berth/internal/release"
+	"github.com/compose-spec/compose-go/v2/template"
 	"go.yaml.in/yaml/v4"
 )
 
@@ -254,4 +255,59 @@ func holds(n *yaml.Node, want string, level int) bool {
 		}
 	}
 	return false
+}
+
+// placeByValue places a loader error that names no attribute path, such as
+// "invalid spec: :/media/: empty section between colons", by the value it
+// quotes: the scalar of the files whose interpolated text the message holds
+// (the longest such). Variables of that scalar that env lacks are named, as
+// an unset one is the usual cause. It returns nil when no scalar fits.
+func placeByValue(err error, srcs []source, env map[string]string) error {
+	msg := err.Error()
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var (
+		best           string
+		bestFile, line int
+		unset          []string
+	)
+	for i := range srcs {
+		for _, doc := range srcs[i].nodes() {
+			walkScalars(doc, 0, func(n *yaml.Node) {
+				v, serr := template.SubstituteWithOptions(n.Value, lookup, template.WithoutLogging)
+				if serr != nil || len(v) < 3 || len(v) <= len(best) || !strings.Contains(msg, v) {
+					return
+				}
+				best, bestFile, line = v, i, n.Line
+				unset = unset[:0]
+				for _, m := range varRE.FindAllStringSubmatch(n.Value, -1) {
+					if _, ok := env[m[1]]; !ok {
+						unset = append(unset, m[1])
+					}
+				}
+			})
+		}
+	}
+	if best == "" {
+		return nil
+	}
+	hint := ""
+	if len(unset) > 0 {
+		hint = fmt.Sprintf(" (%s not set: give it in .env, an --env-file or the environment)", strings.Join(unset, ", "))
+	}
+	return fmt.Errorf("%s:%d: %s%s: %w", srcs[bestFile].name, line, strings.TrimPrefix(msg, "load compose: "), hint, release.ErrInvalid)
+}
+
+var varRE = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
+
+func walkScalars(n *yaml.Node, level int, f func(*yaml.Node)) {
+	if n == nil || level > 64 {
+		return
+	}
+	if n.Kind == yaml.ScalarNode {
+		f(n)
+		return
+	}
+	for _, c := range n.Content {
+		walkScalars(c, level+1, f)
+	}
 }

@@ -43,6 +43,17 @@ type Builders struct {
 	BuildKit bool   // a BuildKit build (version=2, with a /session) is accepted
 	API      string // the negotiated API version
 	OS       string
+	Arch     string // the engine's architecture, as GOARCH names it
+	Variant  string // arm: v7 (the engine reports none; berth assumes v7 for arm)
+}
+
+// Platform is the engine's own platform, os/arch[/variant].
+func (b Builders) Platform() string {
+	p := b.OS + "/" + b.Arch
+	if b.Variant != "" {
+		p += "/" + b.Variant
+	}
+	return p
 }
 
 // Builders asks the engine which builders it offers. An engine's default
@@ -54,6 +65,12 @@ func (c *Client) Builders(ctx context.Context) (Builders, error) {
 		return Builders{}, fmt.Errorf("engine ping: %w", err)
 	}
 	b := Builders{Default: string(p.BuilderVersion), API: c.api.ClientVersion(), OS: p.OSType}
+	if v, err := c.api.ServerVersion(ctx); err == nil {
+		b.Arch = v.Arch
+		if b.Arch == "arm" {
+			b.Variant = "v7"
+		}
+	}
 	if b.Default == "" {
 		b.Default = string(build.BuilderV1)
 	}

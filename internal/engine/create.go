@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
 	"github.com/docker/go-units"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/berth-robotics/berth/internal/release"
 )
@@ -35,6 +37,12 @@ func (c *Client) Create(ctx context.Context, rel *release.Release, service, lock
 	}
 	hash := svc.Hash()
 	name := c.ContainerName(rel.App, service, hash)
+	if svc.ContainerName != "" {
+		if err := c.claimName(ctx, rel.App, service, hash, svc.ContainerName); err != nil {
+			return "", err
+		}
+		name = svc.ContainerName
+	}
 	if j, err := c.api.ContainerInspect(ctx, name); err == nil {
 		l := j.Config.Labels
 		if l[LabelInstance] == c.instance && l[LabelApp] == rel.App && l[LabelService] == service && l[LabelSpec] == hash {
@@ -52,24 +60,30 @@ func (c *Client) Create(ctx context.Context, rel *release.Release, service, lock
 	} else if !errdefs.IsNotFound(err) {
 		return "", fmt.Errorf("inspect container %s: %w", name, err)
 	}
-	cfg, host, nets, err := c.containerConfig(rel, service, svc, hash, lockDir)
+	cfg, host, nets, order, err := c.containerConfig(ctx, rel, service, svc, hash, lockDir)
 	if err != nil {
 		return "", err
 	}
 	// API < 1.44 accepts one endpoint at create; connect the others after.
 	var first *network.NetworkingConfig
 	var rest []string
-	if len(nets) > 0 {
-		names := make([]string, 0, len(nets))
-		for n := range nets {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		first = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{names[0]: nets[names[0]]}}
-		rest = names[1:]
-		host.NetworkMode = container.NetworkMode(names[0])
+	if len(order) > 0 {
+		first = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{order[0]: nets[order[0]]}}
+		rest = order[1:]
+		host.NetworkMode = container.NetworkMode(order[0])
 	}
-	resp, err := c.api.ContainerCreate(ctx, cfg, host, first, nil, name)
+	var platform *ocispec.Platform
+	if svc.Platform != "" {
+		parts := strings.Split(svc.Platform, "/")
+		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+			return "", fmt.Errorf("service %s: platform %q: want os/arch[/variant]: %w", service, svc.Platform, release.ErrInvalid)
+		}
+		platform = &ocispec.Platform{OS: parts[0], Architecture: parts[1]}
+		if len(parts) == 3 {
+			platform.Variant = parts[2]
+		}
+	}
+	resp, err := c.api.ContainerCreate(ctx, cfg, host, first, platform, name)
 	if err != nil {
 		return "", fmt.Errorf("create container for %s: %w", service, err)
 	}
@@ -82,7 +96,7 @@ func (c *Client) Create(ctx context.Context, rel *release.Release, service, lock
 	return resp.ID, nil
 }
 
-func (c *Client) containerConfig(rel *release.Release, service string, svc release.Service, hash, lockDir string) (*container.Config, *container.HostConfig, map[string]*network.EndpointSettings, error) {
+func (c *Client) containerConfig(ctx context.Context, rel *release.Release, service string, svc release.Service, hash, lockDir string) (*container.Config, *container.HostConfig, map[string]*network.EndpointSettings, []string, error) {
 	labels := map[string]string{}
 	for k, v := range svc.Labels {
 		labels[k] = v
@@ -145,7 +159,7 @@ func (c *Client) containerConfig(rel *release.Release, service string, svc relea
 	}
 	rp, err := restartPolicy(svc.Restart)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("service %s: %w", service, err)
+		return nil, nil, nil, nil, fmt.Errorf("service %s: %w", service, err)
 	}
 	host.RestartPolicy = rp
 	if svc.Logging != nil {
@@ -195,7 +209,7 @@ func (c *Client) containerConfig(rel *release.Release, service string, svc relea
 	if len(specs) > 0 {
 		exposed, bindings, err := nat.ParsePortSpecs(specs)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("service %s: ports: %v: %w", service, err, release.ErrInvalid)
+			return nil, nil, nil, nil, fmt.Errorf("service %s: ports: %v: %w", service, err, release.ErrInvalid)
 		}
 		cfg.ExposedPorts = exposed
 		host.PortBindings = bindings
@@ -206,19 +220,43 @@ func (c *Client) containerConfig(rel *release.Release, service string, svc relea
 		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: lockDir, Target: LockMountPath})
 	}
 	for _, m := range svc.Mounts {
-		switch m.Type {
-		case "volume":
-			src := m.Source
-			if src != "" {
-				src = c.VolumeName(rel.App, m.Source, rel.Spec.Volumes[m.Source])
+		src := m.Source
+		switch {
+		case m.Type == "volume" && src != "":
+			src = c.VolumeName(rel.App, m.Source, rel.Spec.Volumes[m.Source])
+		case m.Type == "volume":
+			v, err := c.anonymousVolume(ctx, rel.App, service, m.Target)
+			if err != nil {
+				return nil, nil, nil, nil, err
 			}
-			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeVolume, Source: src, Target: m.Target, ReadOnly: m.ReadOnly})
-		case "bind":
-			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
-		case "tmpfs":
-			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeTmpfs, Target: m.Target})
-		default:
-			return nil, nil, nil, fmt.Errorf("service %s: mount type %q is not supported: %w", service, m.Type, release.ErrInvalid)
+			src = v
+		case m.Type == "bind" && m.Selinux != "":
+			// the Mounts API has no SELinux relabel: the Binds syntax does
+			opts := []string{m.Selinux}
+			if m.ReadOnly {
+				opts = append(opts, "ro")
+			}
+			if m.Propagation != "" {
+				opts = append(opts, m.Propagation)
+			}
+			host.Binds = append(host.Binds, m.Source+":"+m.Target+":"+strings.Join(opts, ","))
+			continue
+		}
+		mt, err := mountOf(m, src)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("service %s: %w", service, err)
+		}
+		host.Mounts = append(host.Mounts, mt)
+	}
+	// Runtime configs and secrets: the agent writes each value into the
+	// app's files directory, beside its lock directory; mounted read-only.
+	for kind, refs := range map[string][]release.FileRef{release.KindConfig: svc.Configs, release.KindSecret: svc.Secrets} {
+		for _, r := range refs {
+			if lockDir == "" || r.Digest == "" {
+				return nil, nil, nil, nil, fmt.Errorf("service %s: %s %s has no value on this device: %w", service, kind, r.Source, release.ErrInvalid)
+			}
+			src := filepath.Join(filepath.Dir(lockDir), "files", r.FileName(kind))
+			host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: src, Target: r.Target, ReadOnly: true})
 		}
 	}
 	if len(svc.Tmpfs) > 0 {
@@ -231,20 +269,29 @@ func (c *Client) containerConfig(rel *release.Release, service string, svc relea
 
 	// Networks.
 	nets := map[string]*network.EndpointSettings{}
+	var order []string
 	switch svc.NetworkMode {
 	case "":
 		refs := svc.Networks
 		if len(refs) == 0 {
 			refs = map[string]release.NetworkRef{"default": {}}
 		}
+		name := func(n string) string { return c.NetworkName(rel.App, n, rel.Spec.Networks[n]) }
+		order = sortedNetworks(refs, name)
 		for n, ref := range refs {
-			es := &network.EndpointSettings{Aliases: append([]string{service}, ref.Aliases...)}
-			nets[c.NetworkName(rel.App, n, rel.Spec.Networks[n])] = es
+			mac := ""
+			if name(n) == order[0] {
+				mac = svc.MacAddress // the service's mac_address is its first network's
+			}
+			nets[name(n)] = endpoint(service, ref, mac, c.api.ClientVersion())
 		}
 	default:
 		host.NetworkMode = container.NetworkMode(svc.NetworkMode)
 	}
-	return cfg, host, nets, nil
+	if err := c.applyHost(ctx, rel, svc, cfg, host); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("service %s: %w", service, err)
+	}
+	return cfg, host, nets, order, nil
 }
 
 func restartPolicy(s string) (container.RestartPolicy, error) {
@@ -278,4 +325,49 @@ func (c *Client) BuildImage(ctx context.Context, contextTar io.Reader, tag strin
 		return "", fmt.Errorf("build %s: %w", tag, err)
 	}
 	return c.ImageID(ctx, tag)
+}
+
+// claimName gives a service's container_name to its container of spec hash,
+// as docker compose does on recreate: whichever container of the same
+// service holds the name (the previous release's, stopped and kept for a
+// rollback) is renamed to the name berth would give it without
+// container_name; the container of this spec, if it exists under that name
+// (after a rollback brings it back), takes the name again. A container of
+// that name that is not this service's is a conflict.
+func (c *Client) claimName(ctx context.Context, app, service, hash, want string) error {
+	f := c.ownFilter(app)
+	f.Add("label", LabelService+"="+service)
+	list, err := c.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return fmt.Errorf("list the containers of %s: %w", service, err)
+	}
+	var own string
+	for _, ct := range list {
+		if ct.Labels[LabelSpec] == hash {
+			own = ct.ID
+		}
+	}
+	holder, err := c.api.ContainerInspect(ctx, want)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("inspect container %s: %w", want, err)
+	case holder.ID == own:
+		return nil
+	default:
+		l := holder.Config.Labels
+		if l[LabelInstance] != c.instance || l[LabelApp] != app || l[LabelService] != service {
+			return fmt.Errorf("service %s: container_name %s is taken by a container berth did not create for this service; remove or rename it (docker rm %s): %w", service, want, want, release.ErrConflict)
+		}
+		aside := c.ContainerName(app, service, l[LabelSpec])
+		if err := c.api.ContainerRename(ctx, holder.ID, aside); err != nil {
+			return fmt.Errorf("rename the container of %s's other release out of the way (%s to %s): %w", service, want, aside, err)
+		}
+	}
+	if own != "" {
+		if err := c.api.ContainerRename(ctx, own, want); err != nil {
+			return fmt.Errorf("give container_name %s back to %s's container: %w", want, service, err)
+		}
+	}
+	return nil
 }

@@ -79,6 +79,7 @@ type Info struct {
 	APIVersion string
 	Arch       string
 	RootDir    string
+	Runtimes   []string // the OCI runtimes the engine knows (runc, nvidia, …), sorted
 }
 
 // Info asks the engine who it is.
@@ -91,7 +92,12 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("engine info: %w", err)
 	}
-	return Info{Version: v.Version, APIVersion: c.api.ClientVersion(), Arch: v.Arch, RootDir: i.DockerRootDir}, nil
+	var runtimes []string
+	for r := range i.Runtimes {
+		runtimes = append(runtimes, r)
+	}
+	sort.Strings(runtimes)
+	return Info{Version: v.Version, APIVersion: c.api.ClientVersion(), Arch: v.Arch, RootDir: i.DockerRootDir, Runtimes: runtimes}, nil
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_-]+`)
@@ -314,7 +320,14 @@ func (c *Client) EnsureNetwork(ctx context.Context, app, name string, n release.
 	for k, v := range n.Labels {
 		labels[k] = v
 	}
-	_, err = c.api.NetworkCreate(ctx, engineName, network.CreateOptions{Driver: n.Driver, Internal: n.Internal, Options: n.DriverOpts, Labels: labels})
+	opts := network.CreateOptions{Driver: n.Driver, Internal: n.Internal, Options: n.DriverOpts, Labels: labels, EnableIPv6: n.EnableIPv6, Attachable: n.Attachable}
+	if ip := n.IPAM; ip != nil {
+		opts.IPAM = &network.IPAM{Driver: ip.Driver, Options: ip.Options}
+		for _, p := range ip.Config {
+			opts.IPAM.Config = append(opts.IPAM.Config, network.IPAMConfig{Subnet: p.Subnet, Gateway: p.Gateway, IPRange: p.IPRange, AuxAddress: p.AuxAddresses})
+		}
+	}
+	_, err = c.api.NetworkCreate(ctx, engineName, opts)
 	if err != nil && !errdefs.IsConflict(err) {
 		return fmt.Errorf("create network %s: %w", engineName, err)
 	}

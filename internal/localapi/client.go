@@ -146,6 +146,12 @@ func (c *Client) Deploy(ctx context.Context, app string, req DeployRequest) (*Op
 	return &r, c.do(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(app)+"/deploy", req, &r)
 }
 
+// Plan asks what a deploy of req would do, changing nothing.
+func (c *Client) Plan(ctx context.Context, app string, req DeployRequest) (*PlanResponse, error) {
+	var r PlanResponse
+	return &r, c.do(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(app)+"/plan", req, &r)
+}
+
 // Rollback starts a switch of app back to a kept release.
 func (c *Client) Rollback(ctx context.Context, app string, req RollbackRequest) (*OpResponse, error) {
 	var r OpResponse

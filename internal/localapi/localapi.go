@@ -27,6 +27,23 @@ type DeployRequest struct {
 	// healthcheck must run without restarting to count as up (0: the
 	// agent's policy). berth dev sets a short one.
 	Settle release.Duration `json:"settle,omitempty"`
+	// Files are the values of the spec's runtime configs and secrets, by
+	// "config/NAME" and "secret/NAME". They never become part of the
+	// release, and no answer holds them.
+	Files map[string][]byte `json:"files,omitempty"`
+}
+
+// PlanResponse is what a deploy would do, answered without changing
+// anything (berth deploy --dry-run).
+type PlanResponse struct {
+	App     string   `json:"app"`
+	Version string   `json:"version"`
+	Release string   `json:"release,omitempty"` // the release ID it would make; "" while images are still to be pulled
+	Current string   `json:"current,omitempty"` // the release that runs now
+	Pulls   []string `json:"pulls,omitempty"`   // images the agent would pull first
+	Steps   []string `json:"steps,omitempty"`   // the switch, one step a line; none when nothing would change
+	// NoChange: the release already runs.
+	NoChange bool `json:"no_change"`
 }
 
 // RollbackRequest asks the agent to switch an app back to a kept release.

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -95,6 +97,198 @@ type Service struct {
 	ShmSize         int64                 `json:"shm_size,omitempty"`
 	Init            *bool                 `json:"init,omitempty"`
 	Hostname        string                `json:"hostname,omitempty"`
+
+	// Settings of one Docker host, as the Compose attributes of the same
+	// names. New fields are omitempty, so the canonical JSON (and the ID) of
+	// a release that does not use them stays what it was.
+	ContainerName     string            `json:"container_name,omitempty"`
+	Ipc               string            `json:"ipc,omitempty"`
+	Pid               string            `json:"pid,omitempty"`
+	Uts               string            `json:"uts,omitempty"`
+	UsernsMode        string            `json:"userns_mode,omitempty"`
+	Cgroup            string            `json:"cgroup,omitempty"`
+	CgroupParent      string            `json:"cgroup_parent,omitempty"`
+	Runtime           string            `json:"runtime,omitempty"`
+	Platform          string            `json:"platform,omitempty"`
+	Tty               bool              `json:"tty,omitempty"`
+	StdinOpen         bool              `json:"stdin_open,omitempty"`
+	ReadOnly          bool              `json:"read_only,omitempty"`
+	GroupAdd          []string          `json:"group_add,omitempty"`
+	DeviceCgroupRules []string          `json:"device_cgroup_rules,omitempty"`
+	SecurityOpt       []string          `json:"security_opt,omitempty"`
+	Sysctls           map[string]string `json:"sysctls,omitempty"`
+	DNS               []string          `json:"dns,omitempty"`
+	DNSSearch         []string          `json:"dns_search,omitempty"`
+	DNSOpt            []string          `json:"dns_opt,omitempty"`
+	Domainname        string            `json:"domainname,omitempty"`
+	MacAddress        string            `json:"mac_address,omitempty"`
+	Annotations       map[string]string `json:"annotations,omitempty"`
+	StorageOpt        map[string]string `json:"storage_opt,omitempty"`
+	OomScoreAdj       int64             `json:"oom_score_adj,omitempty"`
+	// PullPolicy is when the agent pulls Image from its registry: always,
+	// missing, never, build or daily/weekly/every_<duration> ("" is missing,
+	// as docker compose: pulled only when the engine lacks it).
+	PullPolicy string     `json:"pull_policy,omitempty"`
+	Resources  *Resources `json:"resources,omitempty"`
+	// Configs and Secrets are the runtime configs and secrets the container
+	// sees as files. Their values are never part of a spec: each reference
+	// carries the digest the agent keys with its own secret, so a new value
+	// makes a new container of exactly the services that use it.
+	Configs []FileRef `json:"configs,omitempty"`
+	Secrets []FileRef `json:"secrets,omitempty"`
+	// Follows holds the spec hashes of the services whose containers this
+	// one's joins (network_mode, ipc or pid service:NAME) or restarts with
+	// (depends_on restart: true), so that a new container of those makes a
+	// new one of this service too. Set by Spec.Bind, not by the file.
+	Follows map[string]string `json:"follows,omitempty"`
+}
+
+// Joins returns the service whose namespace a network_mode, ipc or pid value
+// of "service:NAME" names, or "".
+func Joins(v string) string {
+	if n, ok := strings.CutPrefix(v, "service:"); ok {
+		return n
+	}
+	return ""
+}
+
+// Bind sets each service's Follows from the spec hashes of the services it
+// joins or restarts with, in depends_on order (a service's hash includes
+// what it follows). Call it after the images are pinned.
+func (s *Spec) Bind() error {
+	order, err := s.Order()
+	if err != nil {
+		return err
+	}
+	for _, name := range order {
+		svc := s.Services[name]
+		svc.Follows = nil
+		add := func(dep string) {
+			if d, ok := s.Services[dep]; ok && dep != name {
+				if svc.Follows == nil {
+					svc.Follows = map[string]string{}
+				}
+				svc.Follows[dep] = d.Hash()
+			}
+		}
+		for _, v := range []string{svc.NetworkMode, svc.Ipc, svc.Pid} {
+			if dep := Joins(v); dep != "" {
+				add(dep)
+			}
+		}
+		for dep, d := range svc.DependsOn {
+			if d.Restart {
+				add(dep)
+			}
+		}
+		s.Services[name] = svc
+	}
+	return nil
+}
+
+// FileRef mounts one of the app's configs or secrets into a container: the
+// file Target (absolute), owned by UID:GID with Mode, read-only.
+type FileRef struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
+	UID    string `json:"uid,omitempty"`
+	GID    string `json:"gid,omitempty"`
+	Mode   uint32 `json:"mode,omitempty"` // 0: 0444
+	// Digest names the value: an HMAC the agent keys with a secret of its
+	// own, so it tells nothing of the value. Set by the agent.
+	Digest string `json:"digest,omitempty"`
+}
+
+// Kinds of FileRef.
+const (
+	KindConfig = "config"
+	KindSecret = "secret"
+)
+
+// FileName is the file that holds the value of ref of kind (config or
+// secret) in the app's files directory on the device, with ref's owner and
+// mode: one file per value, owner and mode, so a container's mount never
+// changes under it.
+func (f FileRef) FileName(kind string) string {
+	mode := f.Mode
+	if mode == 0 {
+		mode = 0o444
+	}
+	d := f.Digest
+	if i := strings.LastIndexByte(d, ':'); i >= 0 {
+		d = d[i+1:]
+	}
+	if len(d) > 24 {
+		d = d[:24]
+	}
+	return fmt.Sprintf("%s-%s-%s-%s-%s-%o", kind, f.Source, d, orZero(f.UID), orZero(f.GID), mode)
+}
+
+func orZero(s string) string {
+	if s == "" {
+		return "0"
+	}
+	return s
+}
+
+// Pull policies of a service's image.
+const (
+	PullAlways  = "always"
+	PullMissing = "missing"
+	PullNever   = "never"
+	PullBuild   = "build"
+)
+
+// Resources are a container's cgroup limits and reservations: mem_limit,
+// cpus, … and deploy.resources (which docker compose applies without swarm).
+type Resources struct {
+	Memory             int64           `json:"memory,omitempty"`             // bytes: mem_limit, deploy…limits.memory
+	MemorySwap         int64           `json:"memory_swap,omitempty"`        // memswap_limit; -1 unlimited
+	MemoryReservation  int64           `json:"memory_reservation,omitempty"` // mem_reservation, deploy…reservations.memory
+	MemorySwappiness   *int64          `json:"memory_swappiness,omitempty"`
+	NanoCPUs           int64           `json:"nano_cpus,omitempty"` // cpus, deploy…limits.cpus, in 1e-9 CPUs
+	CPUShares          int64           `json:"cpu_shares,omitempty"`
+	CPUPeriod          int64           `json:"cpu_period,omitempty"`
+	CPUQuota           int64           `json:"cpu_quota,omitempty"`
+	CPURealtimePeriod  int64           `json:"cpu_rt_period,omitempty"`
+	CPURealtimeRuntime int64           `json:"cpu_rt_runtime,omitempty"`
+	CpusetCpus         string          `json:"cpuset,omitempty"`
+	PidsLimit          int64           `json:"pids_limit,omitempty"` // pids_limit, deploy…limits.pids
+	OomKillDisable     bool            `json:"oom_kill_disable,omitempty"`
+	BlkioWeight        uint16          `json:"blkio_weight,omitempty"`
+	Devices            []DeviceRequest `json:"devices,omitempty"` // gpus, deploy…reservations.devices
+}
+
+// DeviceRequest asks the engine for devices by driver and capability, such
+// as GPUs (the engine's DeviceRequests).
+type DeviceRequest struct {
+	Driver       string            `json:"driver,omitempty"`
+	Count        int64             `json:"count,omitempty"` // -1: all
+	DeviceIDs    []string          `json:"device_ids,omitempty"`
+	Capabilities []string          `json:"capabilities,omitempty"`
+	Options      map[string]string `json:"options,omitempty"`
+}
+
+// NeedsGPU reports whether the service asks for an NVIDIA GPU: a device
+// request with the gpu capability or the nvidia driver, or runtime nvidia.
+func (s Service) NeedsGPU() bool {
+	if s.Runtime == "nvidia" {
+		return true
+	}
+	if s.Resources == nil {
+		return false
+	}
+	for _, d := range s.Resources.Devices {
+		if d.Driver == "nvidia" {
+			return true
+		}
+		for _, c := range d.Capabilities {
+			if c == "gpu" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Port publishes a container port on the host.
@@ -111,17 +305,33 @@ type Mount struct {
 	Source   string `json:"source,omitempty"`
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// Options of the long syntax.
+	NoCopy      bool   `json:"nocopy,omitempty"`      // volume: do not copy the image's files in
+	Subpath     string `json:"subpath,omitempty"`     // volume: mount this path inside it
+	Propagation string `json:"propagation,omitempty"` // bind
+	Selinux     string `json:"selinux,omitempty"`     // bind: z or Z
+	TmpfsSize   int64  `json:"tmpfs_size,omitempty"`  // tmpfs: bytes
+	TmpfsMode   uint32 `json:"tmpfs_mode,omitempty"`  // tmpfs: file mode
 }
 
 // NetworkRef attaches a service to one of the app's networks.
 type NetworkRef struct {
-	Aliases []string `json:"aliases,omitempty"`
+	Aliases      []string          `json:"aliases,omitempty"`
+	IPv4Address  string            `json:"ipv4_address,omitempty"`
+	IPv6Address  string            `json:"ipv6_address,omitempty"`
+	MacAddress   string            `json:"mac_address,omitempty"`
+	LinkLocalIPs []string          `json:"link_local_ips,omitempty"`
+	DriverOpts   map[string]string `json:"driver_opts,omitempty"`
+	Priority     int               `json:"priority,omitempty"` // connected in order of priority, highest first
 }
 
 // Dependency is one depends_on entry.
 type Dependency struct {
 	Condition string `json:"condition"`
 	Required  bool   `json:"required"`
+	// Restart: a new container of the dependency means a new one of this
+	// service too (docker compose's depends_on restart: true).
+	Restart bool `json:"restart,omitempty"`
 }
 
 // Healthcheck mirrors the Compose healthcheck.
@@ -163,6 +373,24 @@ type Network struct {
 	Internal   bool              `json:"internal,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	DriverOpts map[string]string `json:"driver_opts,omitempty"`
+	EnableIPv6 *bool             `json:"enable_ipv6,omitempty"`
+	Attachable bool              `json:"attachable,omitempty"`
+	IPAM       *IPAM             `json:"ipam,omitempty"`
+}
+
+// IPAM is a network's address management: its driver and subnets.
+type IPAM struct {
+	Driver  string            `json:"driver,omitempty"`
+	Config  []IPAMPool        `json:"config,omitempty"`
+	Options map[string]string `json:"options,omitempty"`
+}
+
+// IPAMPool is one subnet of a network.
+type IPAMPool struct {
+	Subnet       string            `json:"subnet,omitempty"`
+	Gateway      string            `json:"gateway,omitempty"`
+	IPRange      string            `json:"ip_range,omitempty"`
+	AuxAddresses map[string]string `json:"aux_addresses,omitempty"`
 }
 
 // Volume is one of the app's named volumes. Volumes outlive releases.
@@ -206,6 +434,17 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+func numericOrEmpty(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return len(s) <= 10
+}
+
+var containerNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
@@ -295,6 +534,24 @@ func (s *Spec) Validate() error {
 				}
 			}
 		}
+		for kind, refs := range map[string][]FileRef{KindConfig: svc.Configs, KindSecret: svc.Secrets} {
+			for _, f := range refs {
+				if !ValidName(f.Source) || !strings.HasPrefix(f.Target, "/") || strings.Contains(f.Target, "..") || f.Mode > 0o777 ||
+					!numericOrEmpty(f.UID) || !numericOrEmpty(f.GID) || strings.ContainsAny(f.Digest, "/\x00") {
+					return fmt.Errorf("service %s: %s %q: want a name, an absolute target without '..', numeric uid and gid and a mode up to 0777: %w", name, kind, f.Source, ErrInvalid)
+				}
+			}
+		}
+		for _, v := range []string{svc.NetworkMode, svc.Ipc, svc.Pid} {
+			if d := Joins(v); d != "" {
+				if _, ok := s.Services[d]; !ok || d == name {
+					return fmt.Errorf("service %s: %q names no other service of the app: %w", name, v, ErrInvalid)
+				}
+			}
+		}
+		if svc.ContainerName != "" && !containerNameRE.MatchString(svc.ContainerName) {
+			return fmt.Errorf("service %s: container_name %q: use letters, digits, '_', '.' and '-', starting with a letter or digit: %w", name, svc.ContainerName, ErrInvalid)
+		}
 		for n := range svc.Networks {
 			if _, ok := s.Networks[n]; !ok {
 				return fmt.Errorf("service %s: network %s is not defined: %w", name, n, ErrInvalid)
@@ -339,7 +596,13 @@ func (s *Spec) Order() ([]string, error) {
 				deps = append(deps, d)
 			}
 		}
+		for _, v := range []string{s.Services[n].NetworkMode, s.Services[n].Ipc, s.Services[n].Pid} {
+			if d := Joins(v); d != "" && s.Services[n].DependsOn[d] == (Dependency{}) {
+				deps = append(deps, d)
+			}
+		}
 		sort.Strings(deps)
+		deps = slices.Compact(deps)
 		for _, d := range deps {
 			if err := visit(d, append(path, n)); err != nil {
 				return err

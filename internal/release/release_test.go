@@ -143,3 +143,16 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestFileName: two values of one secret never share a file.
+func TestFileName(t *testing.T) {
+	a := FileRef{Source: "tok", Target: "/run/secrets/tok", Digest: "hmac-sha256:0123456789abcdef0123456789abcdef"}
+	b := a
+	b.Digest = "hmac-sha256:fedcba9876543210fedcba9876543210"
+	if a.FileName(KindSecret) == b.FileName(KindSecret) {
+		t.Errorf("two digests, one file: %s", a.FileName(KindSecret))
+	}
+	if got, want := a.FileName(KindSecret), "secret-tok-0123456789abcdef01234567-0-0-444"; got != want {
+		t.Errorf("FileName = %q, want %q", got, want)
+	}
+}

@@ -260,6 +260,12 @@ func (req CreateReleaseRequest) Release() release.Release {
 			}
 		}
 	}
+	if rel.Spec.Services != nil {
+		// services that join another's namespace, or restart with it, follow
+		// its spec (as the agent binds a deploy's)
+		rel.Spec.Services = maps.Clone(rel.Spec.Services)
+		_ = rel.Spec.Bind() // a cycle fails validation, which names it
+	}
 	rel.Seal()
 	return rel
 }
