@@ -320,6 +320,9 @@ func (a *Agent) applyApp(ctx context.Context, cl *serverapi.Client, fr *release.
 		// release (a refusal, an aborted rollout's failure) is over.
 		renewed := rec.Generation != gen
 		if rec.FleetFailed != "" || rec.FleetRefused != "" || renewed || rec.Target != rec.Current {
+			if rec.Error != "" && rec.Error == rec.FleetReason {
+				rec.Error = "" // it said why another release was refused
+			}
 			rec.clearFleetVerdict()
 			if rec.Phase.AtRest() && rec.Target != rec.Current {
 				// The last operation was about another release (a
